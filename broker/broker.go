@@ -1,0 +1,62 @@
+// Package broker defines how published messages travel between Herald
+// nodes. The hub publishes every message through a Broker and receives every
+// message — its own and other nodes' — back through the Handler it registered,
+// so a single node and a cluster take the same path.
+//
+// Implementations live in sub-packages (memory/ now; NATS and Redis later) and
+// never import the hub. Every implementation must pass brokertest.
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// ErrClosed is returned by Publish after Shutdown.
+var ErrClosed = errors.New("broker: closed")
+
+// Message is one message as published into a channel. Once handed to
+// Publish it is immutable: neither the broker nor handlers may modify it.
+type Message struct {
+	Channel string          // a valid channel name
+	Epoch   string          // the channel's history epoch at publish time
+	Offset  uint64          // the message's position in the channel, from 1
+	Type    string          // the event type, e.g. "post.created"
+	Data    json.RawMessage // compact, HTML-escaped JSON
+	Time    time.Time       // publish time
+
+	// Envelope is the JSON object subscribers receive, built once by the
+	// publishing node. Brokers carry it so that no node encodes it again.
+	Envelope []byte
+}
+
+// Handler receives messages from a broker. For one channel it is called in
+// publish order and never concurrently; for different channels it may be
+// called concurrently. It must not block: it hands the message to bounded
+// queues and returns.
+type Handler func(*Message)
+
+// Broker carries published messages to every Herald node, this one included.
+//
+// Contract:
+//   - Run is called once, before any Publish, with the handler that receives
+//     every message published on any node.
+//   - Publish hands m to the handler of every running node. Messages of one
+//     channel published from one goroutine reach every handler in that order.
+//     Publish may deliver synchronously (the in-process broker does) — callers
+//     must not hold locks that the handler takes.
+//   - Publish returns an error only when the message could not be handed to
+//     the transport; delivery to remote nodes is then at-most-once.
+type Broker interface {
+	Run(h Handler) error
+	Publish(ctx context.Context, m *Message) error
+}
+
+// Shutdowner is implemented by brokers that hold resources (connections,
+// goroutines). Shutdown stops delivery and releases them; it is idempotent
+// and returns ctx.Err() if ctx ends first.
+type Shutdowner interface {
+	Shutdown(ctx context.Context) error
+}

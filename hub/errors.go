@@ -1,0 +1,32 @@
+package hub
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by the hub. Transports and the API map them to HTTP
+// statuses and stable error codes.
+var (
+	ErrInvalidChannel           = errors.New("hub: invalid channel name")
+	ErrInvalidType              = errors.New("hub: invalid message type")
+	ErrNoChannels               = errors.New("hub: no channels")
+	ErrTooManyChannels          = errors.New("hub: too many channels")
+	ErrChannelFull              = errors.New("hub: channel has too many subscribers")
+	ErrMessageTooLarge          = errors.New("hub: message too large")
+	ErrTooManyConnections       = errors.New("hub: too many connections")
+	ErrTooManyConnectionsFromIP = errors.New("hub: too many connections from this address")
+	ErrSessionClosed            = errors.New("hub: session closed")
+	ErrShuttingDown             = errors.New("hub: shutting down")
+)
+
+// ChannelError names the channel an error is about.
+type ChannelError struct {
+	Channel string
+	Err     error
+}
+
+func (e *ChannelError) Error() string { return fmt.Sprintf("%v: %q", e.Err, e.Channel) }
+
+// Unwrap returns the underlying error.
+func (e *ChannelError) Unwrap() error { return e.Err }

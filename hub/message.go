@@ -1,0 +1,135 @@
+package hub
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync"
+
+	"github.com/heraldhq/herald/broker"
+)
+
+// TimeLayout is the layout of the envelope's "time" field: RFC 3339, UTC,
+// milliseconds.
+const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// ErrInvalidData is returned when published data is not a JSON value.
+var ErrInvalidData = errors.New("hub: data is not valid JSON")
+
+// Message is a published message as the hub fans it out. It is immutable
+// and shared by every subscriber: its wire encodings are built once, the
+// JSON envelope before fan-out and the SSE frame by the first SSE writer
+// that needs it.
+type Message struct {
+	broker.Message
+
+	sseOnce sync.Once
+	sse     []byte
+}
+
+// newMessage wraps a broker message, building its envelope if the publisher
+// did not.
+func newMessage(bm *broker.Message) *Message {
+	m := &Message{Message: *bm}
+	if m.Envelope == nil {
+		m.Envelope = appendEnvelope(nil, &m.Message)
+	}
+	return m
+}
+
+// Seal builds the message's envelope from its fields. History stores call
+// it after assigning Epoch and Offset and before the message becomes visible
+// to readers; after Seal the message must not change.
+func (m *Message) Seal() {
+	m.Envelope = appendEnvelope(make([]byte, 0, 112+len(m.Data)+len(m.Channel)), &m.Message)
+}
+
+// Size is the number of bytes the message counts for in subscriber queues.
+func (m *Message) Size() int { return len(m.Envelope) + 64 }
+
+// SSE returns the message's SSE frame without its per-connection "id:" line:
+// "event: TYPE\ndata: ENVELOPE\n\n". The bytes are shared; do not modify them.
+func (m *Message) SSE() []byte {
+	m.sseOnce.Do(func() {
+		b := make([]byte, 0, len(m.Envelope)+len(m.Type)+17)
+		b = append(b, "event: "...)
+		b = append(b, m.Type...)
+		b = append(b, "\ndata: "...)
+		b = append(b, m.Envelope...)
+		b = append(b, "\n\n"...)
+		m.sse = b
+	})
+	return m.sse
+}
+
+// appendEnvelope appends the JSON envelope of m to b. Channel, epoch and
+// type are validated to need no escaping; Data is already compact JSON.
+func appendEnvelope(b []byte, m *broker.Message) []byte {
+	b = append(b, `{"channel":"`...)
+	b = append(b, m.Channel...)
+	b = append(b, `","epoch":"`...)
+	b = append(b, m.Epoch...)
+	b = append(b, `","offset":`...)
+	b = strconv.AppendUint(b, m.Offset, 10)
+	b = append(b, `,"type":"`...)
+	b = append(b, m.Type...)
+	b = append(b, `","data":`...)
+	if len(m.Data) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, m.Data...)
+	}
+	b = append(b, `,"time":"`...)
+	b = m.Time.UTC().AppendFormat(b, TimeLayout)
+	b = append(b, `"}`...)
+	return b
+}
+
+// NormalizeData validates that raw is one JSON value and returns it compact,
+// with <, >, &, U+2028 and U+2029 escaped so that it is safe inside HTML
+// <script> and JavaScript. Empty input becomes null.
+func NormalizeData(raw []byte) (json.RawMessage, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	if !json.Valid(raw) {
+		return nil, ErrInvalidData
+	}
+	var compact bytes.Buffer
+	compact.Grow(len(raw))
+	if err := json.Compact(&compact, raw); err != nil {
+		return nil, ErrInvalidData
+	}
+	if !needsHTMLEscape(compact.Bytes()) {
+		return compact.Bytes(), nil
+	}
+	var out bytes.Buffer
+	out.Grow(compact.Len() + 16)
+	json.HTMLEscape(&out, compact.Bytes())
+	return out.Bytes(), nil
+}
+
+func needsHTMLEscape(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '<', '>', '&':
+			return true
+		case 0xE2: // first byte of U+2028 / U+2029
+			if i+2 < len(b) && b[i+1] == 0x80 && (b[i+2] == 0xA8 || b[i+2] == 0xA9) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TextData returns s as a JSON string value, HTML-escaped like NormalizeData.
+func TextData(s string) json.RawMessage {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(true)
+	_ = enc.Encode(s) // a string always encodes
+	return bytes.TrimRight(buf.Bytes(), "\n")
+}

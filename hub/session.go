@@ -1,0 +1,426 @@
+package hub
+
+import (
+	"context"
+	"slices"
+	"sync"
+)
+
+// ItemKind tells what a queued Item carries.
+type ItemKind uint8
+
+const (
+	// ItemMessage carries a published message (Msg).
+	ItemMessage ItemKind = iota
+	// ItemGap says history does not reach back for Channels. It precedes
+	// the replay of those channels.
+	ItemGap
+	// ItemSubscribed marks the end of replay for Channels; Positions are
+	// their positions at that point. Live messages follow.
+	ItemSubscribed
+	// ItemControl carries transport-specific bytes (Raw) queued by the
+	// transport itself, so that they keep their place among messages.
+	ItemControl
+)
+
+// Item is one entry of a session's outbound queue.
+type Item struct {
+	Kind      ItemKind
+	Msg       *Message
+	Channels  []string
+	Positions []CursorEntry
+	Raw       []byte
+}
+
+// SessionOptions describe a new session.
+type SessionOptions struct {
+	// Transport names the transport ("sse", "ws", "poll", "iframe") for
+	// connection counts.
+	Transport string
+	// RemoteIP is the client's address, for the per-IP connection limit.
+	// Empty skips the per-IP limit.
+	RemoteIP string
+	// Wake is called, without locks held, when the queue goes from empty
+	// to non-empty and when the session closes. It must not block: it
+	// typically does a non-blocking send on a channel of capacity 1, or
+	// schedules a flush in a connection engine.
+	Wake func()
+}
+
+// Session is one subscriber connection's state in the hub: its channels,
+// the last position queued per channel, and its bounded outbound queue.
+//
+// The hub's fan-out calls deliver, which never blocks: it appends to the
+// queue or, when the queue would exceed its byte limit, closes the session
+// as a slow consumer. The transport's writer takes queued items with Drain
+// after each Wake, writes them, and calls Close when the connection ends.
+type Session struct {
+	hub       *Hub
+	transport string
+	remoteIP  string
+	wake      func()
+	maxBytes  int
+
+	mu       sync.Mutex
+	queue    []Item               // guarded by mu
+	qbytes   int                  // bytes counted in queue and recovery buffers; guarded by mu
+	subs     map[string]*subState // guarded by mu
+	closed   bool                 // guarded by mu
+	reason   Disconnect           // guarded by mu
+	released bool                 // hub bookkeeping undone; guarded by mu
+}
+
+// subState is one channel's state within a session. Guarded by Session.mu.
+type subState struct {
+	epoch      string
+	offset     uint64
+	recovering bool
+	buf        []*Message // live messages that arrived during recovery
+}
+
+// Subscribe adds channels to the session. For each channel with an entry in
+// cur it replays what the client missed (after a gap item when history does
+// not reach back); other channels start live. Live messages that arrive
+// during the replay are queued after it, without duplicates. It returns a
+// *ChannelError for a bad or full channel, ErrTooManyChannels, or
+// ErrSessionClosed; on error no channel of the call stays subscribed.
+func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor) error {
+	h := s.hub
+	var fresh []string
+	for _, ch := range channels {
+		if !ValidChannel(ch) {
+			return &ChannelError{Channel: ch, Err: ErrInvalidChannel}
+		}
+		if !slices.Contains(fresh, ch) {
+			fresh = append(fresh, ch)
+		}
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrSessionClosed
+	}
+	fresh = slices.DeleteFunc(fresh, func(ch string) bool { return s.subs[ch] != nil })
+	if len(s.subs)+len(fresh) > h.cfg.MaxChannelsPerSession {
+		s.mu.Unlock()
+		return ErrTooManyChannels
+	}
+	if s.subs == nil {
+		s.subs = make(map[string]*subState, len(fresh))
+	}
+	for _, ch := range fresh {
+		s.subs[ch] = &subState{recovering: true}
+	}
+	s.mu.Unlock()
+
+	// Register first, then read history: a message published in between is
+	// both buffered live and in history, and the offset check drops one.
+	for i, ch := range fresh {
+		if !h.index.add(ch, s, h.namespace(ch).MaxSubscribers) {
+			s.rollback(fresh[:i], fresh)
+			return &ChannelError{Channel: ch, Err: ErrChannelFull}
+		}
+	}
+
+	type recovery struct {
+		msgs []*Message
+		head Position
+		from Position // position the client has; zero when live-from-now
+		gap  bool
+		has  bool
+	}
+	rec := make([]recovery, len(fresh))
+	for i, ch := range fresh {
+		opts := h.namespace(ch).historyOptions()
+		var err error
+		if pos, ok := cursorGet(cur, ch); ok {
+			rec[i].has, rec[i].from = true, pos
+			rec[i].msgs, rec[i].head, rec[i].gap, err = h.history.Since(ctx, ch, pos, opts)
+		} else {
+			rec[i].head, err = h.history.Head(ctx, ch, opts)
+		}
+		if err != nil {
+			s.rollback(fresh, fresh)
+			return err
+		}
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrSessionClosed
+	}
+	wasEmpty := len(s.queue) == 0
+	var gaps []string
+	for i, ch := range fresh {
+		if rec[i].gap {
+			gaps = append(gaps, ch)
+		}
+	}
+	if len(gaps) > 0 {
+		s.queue = append(s.queue, Item{Kind: ItemGap, Channels: gaps})
+	}
+	positions := make([]CursorEntry, 0, len(fresh))
+	for i, ch := range fresh {
+		st := s.subs[ch]
+		r := &rec[i]
+		switch {
+		case r.gap:
+			st.epoch, st.offset = r.head.Epoch, 0
+		case r.has:
+			st.epoch, st.offset = r.from.Epoch, r.from.Offset
+		default:
+			st.epoch, st.offset = r.head.Epoch, r.head.Offset
+			// Keep live messages that raced with the head read.
+			if len(st.buf) > 0 && st.buf[0].Epoch == st.epoch && st.buf[0].Offset <= st.offset {
+				st.offset = st.buf[0].Offset - 1
+			}
+		}
+		st.recovering = false
+		for _, m := range r.msgs {
+			s.pushLocked(st, m)
+		}
+		for _, m := range st.buf {
+			s.qbytes -= m.Size()
+			s.pushLocked(st, m)
+		}
+		st.buf = nil
+		positions = append(positions, CursorEntry{Channel: ch, Position: Position{Epoch: st.epoch, Offset: st.offset}})
+	}
+	s.queue = append(s.queue, Item{Kind: ItemSubscribed, Channels: fresh, Positions: positions})
+	overflow := s.qbytes > s.maxBytes
+	if overflow {
+		s.overflowLocked()
+	}
+	s.mu.Unlock()
+	if wasEmpty || overflow {
+		s.wake()
+	}
+	return nil
+}
+
+// rollback undoes a failed Subscribe: registered channels leave the index,
+// all of fresh leave the session.
+func (s *Session) rollback(registered, fresh []string) {
+	for _, ch := range registered {
+		s.hub.index.remove(ch, s)
+	}
+	s.mu.Lock()
+	for _, ch := range fresh {
+		if st := s.subs[ch]; st != nil {
+			for _, m := range st.buf {
+				s.qbytes -= m.Size()
+			}
+			delete(s.subs, ch)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Unsubscribe removes ch from the session. Messages of ch already queued
+// stay queued.
+func (s *Session) Unsubscribe(ch string) bool {
+	s.mu.Lock()
+	st := s.subs[ch]
+	if st == nil || s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	for _, m := range st.buf {
+		s.qbytes -= m.Size()
+	}
+	delete(s.subs, ch)
+	s.mu.Unlock()
+	s.hub.index.remove(ch, s)
+	return true
+}
+
+// Channels returns the session's channels, in no particular order.
+func (s *Session) Channels() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.subs))
+	for ch := range s.subs {
+		out = append(out, ch)
+	}
+	return out
+}
+
+// deliver is the fan-out's entry point. It never blocks and reports whether
+// the message was queued.
+func (s *Session) deliver(m *Message) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	st := s.subs[m.Channel]
+	if st == nil {
+		s.mu.Unlock()
+		return false
+	}
+	if st.recovering {
+		st.buf = append(st.buf, m)
+		s.qbytes += m.Size()
+		overflow := s.qbytes > s.maxBytes
+		if overflow {
+			s.overflowLocked()
+		}
+		s.mu.Unlock()
+		if overflow {
+			s.wake()
+		}
+		return !overflow
+	}
+	wasEmpty := len(s.queue) == 0
+	if !s.pushLocked(st, m) {
+		s.mu.Unlock()
+		return false
+	}
+	overflow := s.qbytes > s.maxBytes
+	if overflow {
+		s.overflowLocked()
+	}
+	s.mu.Unlock()
+	if wasEmpty || overflow {
+		s.wake()
+	}
+	return !overflow
+}
+
+// pushLocked queues m unless the session already has it. s.mu must be held.
+func (s *Session) pushLocked(st *subState, m *Message) bool {
+	if m.Epoch == st.epoch && m.Offset <= st.offset {
+		return false
+	}
+	st.epoch, st.offset = m.Epoch, m.Offset
+	s.queue = append(s.queue, Item{Kind: ItemMessage, Msg: m})
+	s.qbytes += m.Size()
+	return true
+}
+
+// overflowLocked closes the session as a slow consumer and drops its queue.
+// It does not touch the index (the fan-out may hold a shard lock): the
+// transport's Close does that. s.mu must be held.
+func (s *Session) overflowLocked() {
+	s.closed = true
+	s.reason = DisconnectSlowConsumer
+	s.dropQueueLocked()
+	s.hub.stats.slowConsumers.Add(1)
+}
+
+func (s *Session) dropQueueLocked() {
+	var n uint64
+	for _, it := range s.queue {
+		if it.Kind == ItemMessage {
+			n++
+		}
+	}
+	for _, st := range s.subs {
+		n += uint64(len(st.buf))
+		st.buf = nil
+	}
+	s.hub.stats.dropped.Add(n)
+	s.queue, s.qbytes = nil, 0
+}
+
+// Enqueue queues transport-specific bytes behind what is already queued.
+// It reports false if the session is closed.
+func (s *Session) Enqueue(raw []byte) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	wasEmpty := len(s.queue) == 0
+	s.queue = append(s.queue, Item{Kind: ItemControl, Raw: raw})
+	s.qbytes += len(raw)
+	overflow := s.qbytes > s.maxBytes
+	if overflow {
+		s.overflowLocked()
+	}
+	s.mu.Unlock()
+	if wasEmpty || overflow {
+		s.wake()
+	}
+	return !overflow
+}
+
+// Drain appends every queued item to dst, empties the queue and returns
+// dst. Called by the transport's writer only.
+func (s *Session) Drain(dst []Item) []Item {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dst = append(dst, s.queue...)
+	if cap(s.queue) > 256 {
+		s.queue = nil // do not keep a burst's memory while idle
+	} else {
+		clear(s.queue)
+		s.queue = s.queue[:0]
+	}
+	s.qbytes = 0
+	for _, st := range s.subs {
+		for _, m := range st.buf {
+			s.qbytes += m.Size()
+		}
+	}
+	return dst
+}
+
+// Pending reports whether items are queued.
+func (s *Session) Pending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) > 0
+}
+
+// Closed reports whether the session is closed, and why.
+func (s *Session) Closed() (Disconnect, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reason, s.closed
+}
+
+// Close ends the session with reason d (the first reason given wins),
+// removes it from every channel and from the hub's connection counts, and
+// wakes the writer. It is idempotent; transports call it when their
+// connection ends.
+func (s *Session) Close(d Disconnect) {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.reason = d
+	}
+	if s.released {
+		s.mu.Unlock()
+		return
+	}
+	s.released = true
+	s.dropQueueLocked()
+	chans := make([]string, 0, len(s.subs))
+	for ch := range s.subs {
+		chans = append(chans, ch)
+	}
+	s.subs = nil
+	s.mu.Unlock()
+	for _, ch := range chans {
+		s.hub.index.remove(ch, s)
+	}
+	s.hub.release(s)
+	s.wake()
+}
+
+// Delivered records that the transport wrote n messages to the client.
+func (s *Session) Delivered(n int) {
+	if n > 0 {
+		s.hub.stats.delivered.Add(uint64(n))
+	}
+}
+
+func cursorGet(c *Cursor, ch string) (Position, bool) {
+	if c == nil {
+		return Position{}, false
+	}
+	return c.Get(ch)
+}

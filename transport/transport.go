@@ -1,0 +1,73 @@
+// Package transport holds what the subscriber transports (sse, ws, poll,
+// iframe) share: reading channels and cursors from a request and opening a
+// hub session with the right HTTP error on failure. Each transport is an
+// http.Handler over the hub in its own sub-package.
+package transport
+
+import (
+	"net/http"
+
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/httpx"
+)
+
+// Request is what a subscribe request asks for.
+type Request struct {
+	Channels []string
+	Cursor   hub.Cursor
+}
+
+// ParseRequest reads the channel= parameters and the cursor (the cursor=
+// parameter, else the Last-Event-ID header). On error it has written the
+// HTTP error and returns false.
+func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (Request, bool) {
+	q := r.URL.Query()
+	req := Request{Channels: q["channel"]}
+	if requireChannel && len(req.Channels) == 0 {
+		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidChannel, "at least one channel= parameter is required")
+		return req, false
+	}
+	for _, ch := range req.Channels {
+		if !hub.ValidChannel(ch) {
+			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidChannel, "invalid channel name: "+quote(ch))
+			return req, false
+		}
+	}
+	raw := q.Get("cursor")
+	if raw == "" {
+		raw = r.Header.Get("Last-Event-ID")
+	}
+	c, err := hub.ParseCursor(raw)
+	if err != nil {
+		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidCursor, "cursor does not parse: expected channel@epoch:offset entries joined by ','")
+		return req, false
+	}
+	req.Cursor = c
+	return req, true
+}
+
+// quote shortens and quotes a client-supplied string for an error message.
+func quote(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "…"
+	}
+	return "\"" + s + "\""
+}
+
+// Open creates a session for r and subscribes it to req's channels. On
+// error it has written the HTTP error and returns nil.
+func Open(w http.ResponseWriter, r *http.Request, h *hub.Hub, transport string, req Request, wake func()) *hub.Session {
+	s, err := h.NewSession(hub.SessionOptions{Transport: transport, RemoteIP: httpx.ClientIP(r), Wake: wake})
+	if err != nil {
+		httpx.HubError(w, err)
+		return nil
+	}
+	if len(req.Channels) > 0 {
+		if err := s.Subscribe(r.Context(), req.Channels, &req.Cursor); err != nil {
+			s.Close(hub.DisconnectBadRequest)
+			httpx.HubError(w, err)
+			return nil
+		}
+	}
+	return s
+}
