@@ -90,7 +90,7 @@ func appendEnvelope(b []byte, m *broker.Message) []byte {
 // with <, >, &, U+2028 and U+2029 escaped so that it is safe inside HTML
 // <script> and JavaScript. Empty input becomes null.
 func NormalizeData(raw []byte) (json.RawMessage, error) {
-	raw = bytes.TrimSpace(raw)
+	raw = bytes.Trim(raw, jsonSpace)
 	if len(raw) == 0 {
 		return json.RawMessage("null"), nil
 	}
@@ -110,6 +110,9 @@ func NormalizeData(raw []byte) (json.RawMessage, error) {
 	json.HTMLEscape(&out, compact.Bytes())
 	return out.Bytes(), nil
 }
+
+// jsonSpace is JSON's whitespace (RFC 8259), narrower than Unicode's.
+const jsonSpace = " \t\r\n"
 
 func needsHTMLEscape(b []byte) bool {
 	for i := 0; i < len(b); i++ {

@@ -1,0 +1,348 @@
+// Package config holds Herald's configuration: one Config struct, its
+// defaults, its validation (every problem reported at once) and the way it
+// is loaded (defaults < YAML file < HERALD_* environment < flags).
+//
+// Zero values: every field's zero value means its documented default, so
+// Config{} is a working single-node configuration once Defaults is applied.
+// Where "no limit" or "none" is a meaningful choice, it is spelled as a
+// negative number (or, where the default already is "none", as zero).
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/heraldhq/herald/hub"
+)
+
+// Config is the whole configuration of `herald serve`. The yaml tag of each
+// field is its key in the configuration file; its environment variable is
+// HERALD_ followed by the key path in upper case joined by '_' (for example
+// sse.heartbeat is HERALD_SSE_HEARTBEAT). Durations use Go syntax ("25s",
+// "1m30s").
+type Config struct {
+	// Listen is the TCP address to serve HTTP on. Zero means
+	// "127.0.0.1:8080"; port 0 picks a free port.
+	Listen string `yaml:"listen"`
+	// DataDir is where persistent state will live. Zero means "./data".
+	// Nothing uses it yet; it is created only when first needed
+	// (EnsureDataDir).
+	DataDir string `yaml:"data_dir"`
+	// APIKeys are the keys accepted as "Authorization: Bearer KEY" for
+	// publishing, /v1/status and /metrics. Empty means no key: those
+	// endpoints then answer loopback clients only. The environment form is
+	// comma-separated.
+	APIKeys []string `yaml:"api_keys"`
+	// LogLevel is debug, info, warn or error. Zero means info.
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json. Zero means text.
+	LogFormat string `yaml:"log_format"`
+	// ShutdownTimeout bounds a graceful shutdown. Zero means 10s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// WriteTimeout bounds one write to a subscriber connection. Zero means
+	// 10s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdempotencyWindow is how long a publish idempotency key is
+	// remembered. Zero means 5m.
+	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
+
+	SSE    SSEConfig    `yaml:"sse"`
+	WS     WSConfig     `yaml:"ws"`
+	Iframe IframeConfig `yaml:"iframe"`
+	Poll   PollConfig   `yaml:"poll"`
+	Limits LimitsConfig `yaml:"limits"`
+
+	// DefaultNamespace applies to channels whose namespace has no entry
+	// in Namespaces. Zero fields mean history_size 100, history_ttl 10m,
+	// max_subscribers 0 (no limit).
+	DefaultNamespace NamespaceConfig `yaml:"default_namespace"`
+	// Namespaces overrides settings per namespace (the part of a channel
+	// name before its first ':'). Zero fields inherit from
+	// DefaultNamespace. Only settable in the file (no environment form).
+	Namespaces map[string]NamespaceConfig `yaml:"namespaces"`
+}
+
+// SSEConfig configures the EventSource transport.
+type SSEConfig struct {
+	// Heartbeat is the interval of ":" comment lines. Zero means 25s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// Retry is the reconnect delay sent as "retry:". Zero means 2s.
+	Retry time.Duration `yaml:"retry"`
+}
+
+// WSConfig configures the WebSocket transport.
+type WSConfig struct {
+	// Heartbeat is the ping interval. Zero means 25s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// MaxMessageBytes caps a frame sent by a client. Zero means 16384.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// AllowedOrigins lists the Origin values accepted on the handshake
+	// ("*" accepts any, "https://*.example.com" a subdomain pattern).
+	// Empty means the transport's default check (same host only). The
+	// environment form is comma-separated.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+}
+
+// IframeConfig configures the forever-iframe transport.
+type IframeConfig struct {
+	// Heartbeat is the interval of keep-alive comments. Zero means 25s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+}
+
+// PollConfig configures the long-poll transport.
+type PollConfig struct {
+	// Timeout is the longest a poll waits for a message (and the default
+	// of the timeout= parameter). Zero means 30s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// LimitsConfig caps resources.
+type LimitsConfig struct {
+	// MaxConnections caps subscriber connections on this node. Zero means
+	// 100000; negative means no limit.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP caps subscriber connections per client address.
+	// Zero means no limit.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxChannelsPerConnection caps the channels of one connection. Zero
+	// means 32.
+	MaxChannelsPerConnection int `yaml:"max_channels_per_connection"`
+	// MaxMessageBytes caps a published message's data. Zero means 65536.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// MaxQueueBytes caps a connection's outbound queue; a subscriber past
+	// it is disconnected as a slow consumer. Zero means 1048576 (1 MiB).
+	MaxQueueBytes int `yaml:"max_queue_bytes"`
+	// MaxChannelsPerPublish caps the channels of one publish. Zero means 64.
+	MaxChannelsPerPublish int `yaml:"max_channels_per_publish"`
+}
+
+// NamespaceConfig holds the settings of one channel namespace.
+type NamespaceConfig struct {
+	// HistorySize is the number of messages kept per channel; negative
+	// keeps none.
+	HistorySize int `yaml:"history_size"`
+	// HistoryTTL is how long a message is kept; negative keeps messages
+	// until trimmed by size.
+	HistoryTTL time.Duration `yaml:"history_ttl"`
+	// MaxSubscribers caps the subscribers of one channel on this node.
+	// Zero means no limit (or, in Namespaces, the default namespace's).
+	MaxSubscribers int `yaml:"max_subscribers"`
+}
+
+// Defaults of the settings whose zero value is not "none".
+const (
+	DefaultListen                   = "127.0.0.1:8080"
+	DefaultDataDir                  = "./data"
+	DefaultLogLevel                 = "info"
+	DefaultLogFormat                = "text"
+	DefaultShutdownTimeout          = 10 * time.Second
+	DefaultWriteTimeout             = 10 * time.Second
+	DefaultIdempotencyWindow        = 5 * time.Minute
+	DefaultHeartbeat                = 25 * time.Second
+	DefaultSSERetry                 = 2 * time.Second
+	DefaultWSMaxMessageBytes        = 16 << 10
+	DefaultPollTimeout              = 30 * time.Second
+	DefaultMaxConnections           = 100_000
+	DefaultMaxChannelsPerConnection = 32
+	DefaultMaxMessageBytes          = 64 << 10
+	DefaultMaxQueueBytes            = 1 << 20
+	DefaultMaxChannelsPerPublish    = 64
+	DefaultHistorySize              = 100
+	DefaultHistoryTTL               = 10 * time.Minute
+)
+
+// Defaults returns c with every zero field set to its documented default.
+// Namespaces keep their zero fields: they inherit from DefaultNamespace in
+// the hub.
+func (c Config) Defaults() Config {
+	setDefault(&c.Listen, DefaultListen)
+	setDefault(&c.DataDir, DefaultDataDir)
+	setDefault(&c.LogLevel, DefaultLogLevel)
+	setDefault(&c.LogFormat, DefaultLogFormat)
+	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.IdempotencyWindow, DefaultIdempotencyWindow)
+	setDefault(&c.SSE.Heartbeat, DefaultHeartbeat)
+	setDefault(&c.SSE.Retry, DefaultSSERetry)
+	setDefault(&c.WS.Heartbeat, DefaultHeartbeat)
+	setDefault(&c.WS.MaxMessageBytes, DefaultWSMaxMessageBytes)
+	setDefault(&c.Iframe.Heartbeat, DefaultHeartbeat)
+	setDefault(&c.Poll.Timeout, DefaultPollTimeout)
+	setDefault(&c.Limits.MaxConnections, DefaultMaxConnections)
+	setDefault(&c.Limits.MaxChannelsPerConnection, DefaultMaxChannelsPerConnection)
+	setDefault(&c.Limits.MaxMessageBytes, DefaultMaxMessageBytes)
+	setDefault(&c.Limits.MaxQueueBytes, DefaultMaxQueueBytes)
+	setDefault(&c.Limits.MaxChannelsPerPublish, DefaultMaxChannelsPerPublish)
+	setDefault(&c.DefaultNamespace.HistorySize, DefaultHistorySize)
+	setDefault(&c.DefaultNamespace.HistoryTTL, DefaultHistoryTTL)
+	return c
+}
+
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
+}
+
+// Validate reports every problem of c at once (errors.Join), or nil. Call
+// it on a config with Defaults applied; Load does both.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	} else if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		bad("listen", "port %q is not a number from 0 to 65535", port)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	for i, k := range c.APIKeys {
+		switch {
+		case k == "":
+			bad("api_keys", "key %d is empty", i+1)
+		case strings.ContainsAny(k, " \t\r\n,"):
+			bad("api_keys", "key %d contains a space or comma", i+1)
+		}
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.LogFormat) {
+		bad("log_format", "%q is not text or json", c.LogFormat)
+	}
+
+	positive := func(key string, d time.Duration) {
+		if d <= 0 {
+			bad(key, "must be positive, got %v", d)
+		}
+	}
+	positive("shutdown_timeout", c.ShutdownTimeout)
+	positive("write_timeout", c.WriteTimeout)
+	positive("idempotency_window", c.IdempotencyWindow)
+	positive("sse.heartbeat", c.SSE.Heartbeat)
+	positive("sse.retry", c.SSE.Retry)
+	positive("ws.heartbeat", c.WS.Heartbeat)
+	positive("iframe.heartbeat", c.Iframe.Heartbeat)
+	positive("poll.timeout", c.Poll.Timeout)
+
+	atLeast := func(key string, v, min int) {
+		if v < min {
+			bad(key, "must be at least %d, got %d", min, v)
+		}
+	}
+	atLeast("ws.max_message_bytes", c.WS.MaxMessageBytes, 256)
+	for i, o := range c.WS.AllowedOrigins {
+		if o == "" || strings.ContainsAny(o, " \t\r\n,") {
+			bad("ws.allowed_origins", "origin %d (%q) is empty or contains a space or comma", i+1, o)
+		}
+	}
+	atLeast("limits.max_connections_per_ip", c.Limits.MaxConnectionsPerIP, 0)
+	atLeast("limits.max_channels_per_connection", c.Limits.MaxChannelsPerConnection, 1)
+	atLeast("limits.max_message_bytes", c.Limits.MaxMessageBytes, 1)
+	atLeast("limits.max_channels_per_publish", c.Limits.MaxChannelsPerPublish, 1)
+	// A queue must hold at least one message of the largest size with its
+	// envelope (channel, type, epoch, time and bookkeeping), or every
+	// subscriber of a large message would be cut off as a slow consumer.
+	if c.Limits.MaxMessageBytes > 0 {
+		atLeast("limits.max_queue_bytes", c.Limits.MaxQueueBytes, c.Limits.MaxMessageBytes+queueOverhead)
+	}
+
+	checkNS := func(key string, n NamespaceConfig) {
+		atLeast(key+".max_subscribers", n.MaxSubscribers, 0)
+	}
+	checkNS("default_namespace", c.DefaultNamespace)
+	for _, name := range slices.Sorted(maps.Keys(c.Namespaces)) {
+		key := "namespaces." + name
+		if name == "" || strings.Contains(name, ":") || !hub.ValidChannel(name) {
+			bad(key, "namespace name must be 1-255 bytes of A-Z a-z 0-9 _ - . / ~")
+		}
+		checkNS(key, c.Namespaces[name])
+	}
+	return errors.Join(errs...)
+}
+
+// queueOverhead bounds what a queued message costs beyond its data: the
+// envelope's fields (channel ≤ 255, type ≤ 128, epoch, offset, time) and
+// the hub's per-item accounting.
+const queueOverhead = 1024
+
+// ParseLevel parses a log level name.
+func ParseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("config: unknown log level %q", s)
+}
+
+// NewLogger returns a logger writing to w in c's format at c's level. An
+// invalid level or format falls back to info / text (Validate reports them).
+func (c Config) NewLogger(w io.Writer) *slog.Logger {
+	level, _ := ParseLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// HubConfig returns the hub configuration c describes.
+func (c Config) HubConfig(log *slog.Logger) hub.Config {
+	c = c.Defaults()
+	ns := make(map[string]hub.NamespaceConfig, len(c.Namespaces))
+	for name, n := range c.Namespaces {
+		ns[name] = n.hub()
+	}
+	return hub.Config{
+		Default:               c.DefaultNamespace.hub(),
+		Namespaces:            ns,
+		MaxConnections:        max(c.Limits.MaxConnections, 0),
+		MaxConnectionsPerIP:   c.Limits.MaxConnectionsPerIP,
+		MaxChannelsPerSession: c.Limits.MaxChannelsPerConnection,
+		MaxQueueBytes:         c.Limits.MaxQueueBytes,
+		MaxMessageBytes:       c.Limits.MaxMessageBytes,
+		MaxChannelsPerPublish: c.Limits.MaxChannelsPerPublish,
+		IdempotencyWindow:     c.IdempotencyWindow,
+		Logger:                log,
+	}
+}
+
+func (n NamespaceConfig) hub() hub.NamespaceConfig {
+	return hub.NamespaceConfig{HistorySize: n.HistorySize, HistoryTTL: n.HistoryTTL, MaxSubscribers: n.MaxSubscribers}
+}
+
+// EnsureDataDir creates the data directory if needed and returns its path.
+// Components that persist state call it when they start, so that a server
+// that persists nothing never touches the disk.
+func (c Config) EnsureDataDir() (string, error) {
+	dir := c.Defaults().DataDir
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", fmt.Errorf("config: data_dir: %w", err)
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("config: data_dir: %w", err)
+	} else if !fi.IsDir() {
+		return "", fmt.Errorf("config: data_dir: %s is not a directory", dir)
+	}
+	return dir, nil
+}

@@ -1,0 +1,37 @@
+package config
+
+import "flag"
+
+// Flags are the command-line settings of `herald serve`. Given flags take
+// precedence over the file and the environment; flags not given change
+// nothing.
+type Flags struct {
+	// ConfigFile is the --config value: the YAML file to load, or empty.
+	ConfigFile string
+
+	listen  string
+	dataDir string
+	fs      *flag.FlagSet
+}
+
+// RegisterFlags defines --config, --listen and --data-dir on fs.
+func RegisterFlags(fs *flag.FlagSet) *Flags {
+	f := &Flags{fs: fs}
+	fs.StringVar(&f.ConfigFile, "config", "", "YAML configuration `file` (default $"+EnvConfigFile+")")
+	fs.StringVar(&f.listen, "listen", "", "listen `address` (default "+DefaultListen+")")
+	fs.StringVar(&f.dataDir, "data-dir", "", "data `directory` (default "+DefaultDataDir+")")
+	return f
+}
+
+// Apply sets the settings whose flags were given on the command line. Pass
+// it to Load as the override.
+func (f *Flags) Apply(c *Config) {
+	f.fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			c.Listen = f.listen
+		case "data-dir":
+			c.DataDir = f.dataDir
+		}
+	})
+}

@@ -1,0 +1,95 @@
+// Package iframe is the forever-iframe transport:
+// GET /v1/iframe?channel=A[&cursor=C][&callback=fn], as described in
+// docs/protocol.md. The response is an HTML page that never ends: padding
+// first, so that browsers render it progressively, then one <script> per
+// event calling the page's parent.
+package iframe
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/transport"
+)
+
+// TransportName is the transport's name in the hub's connection counts.
+const TransportName = "iframe"
+
+// DefaultCallback is the function called when the request names none.
+const DefaultCallback = "parent.herald"
+
+// Config configures the iframe handler. The zero value works.
+type Config struct {
+	// Heartbeat is the interval of empty HTML comments on an otherwise
+	// silent stream. Zero means 25s.
+	Heartbeat time.Duration
+	// WriteTimeout bounds each write: a write that takes longer ends the
+	// connection. Zero means 10s.
+	WriteTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 25 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	return c
+}
+
+// Handler serves GET /v1/iframe. Each connection is served by its own
+// goroutine (the one net/http gives the request) running transport.Stream.
+type Handler struct {
+	hub *hub.Hub
+	cfg Config
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// New returns a forever-iframe handler over h.
+func New(h *hub.Hub, cfg Config) *Handler {
+	return &Handler{hub: h, cfg: cfg.withDefaults()}
+}
+
+// ServeHTTP subscribes the connection to the requested channels, replays
+// what its cursor missed and streams until the client leaves, the hub
+// closes the session, or a write fails.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET")
+		return
+	}
+	req, ok := transport.ParseRequest(w, r, true)
+	if !ok {
+		return
+	}
+	callback := DefaultCallback
+	if q := r.URL.Query(); q.Has("callback") {
+		callback = q.Get("callback")
+		if !httpx.ValidCallback(callback) {
+			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidCallback,
+				"callback must be a JavaScript identifier path such as parent.herald")
+			return
+		}
+	}
+	wake := transport.NewWakeup()
+	sess := transport.Open(w, r, h.hub, TransportName, req, wake.Wake)
+	if sess == nil {
+		return
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", "text/html; charset=utf-8")
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("X-Accel-Buffering", "no")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	transport.Stream(r.Context(), w, http.NewResponseController(w), sess, transport.StreamOptions{
+		Encoder:      newEncoder(req, callback),
+		Wake:         wake,
+		Heartbeat:    h.cfg.Heartbeat,
+		WriteTimeout: h.cfg.WriteTimeout,
+	})
+}

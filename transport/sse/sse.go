@@ -1,0 +1,87 @@
+// Package sse is the EventSource (Server-Sent Events) transport:
+// GET /v1/sse?channel=A&channel=B[&cursor=C], as described in
+// docs/protocol.md. The cursor rides in each event's "id:" field, so a
+// browser that reconnects sends it back as Last-Event-ID by itself.
+package sse
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/transport"
+)
+
+// TransportName is the transport's name in the hub's connection counts.
+const TransportName = "sse"
+
+// Config configures the SSE handler. The zero value works.
+type Config struct {
+	// Heartbeat is the interval of ":" comment lines on an otherwise
+	// silent stream. Zero means 25s.
+	Heartbeat time.Duration
+	// Retry is the reconnection delay sent first as "retry:". On shutdown
+	// the server sends it again, with jitter, before closing. Zero means 2s.
+	Retry time.Duration
+	// WriteTimeout bounds each write: a write that takes longer ends the
+	// connection. Zero means 10s.
+	WriteTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 25 * time.Second
+	}
+	if c.Retry <= 0 {
+		c.Retry = 2 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	return c
+}
+
+// Handler serves GET /v1/sse. Each connection is served by its own
+// goroutine (the one net/http gives the request) running transport.Stream.
+type Handler struct {
+	hub *hub.Hub
+	cfg Config
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// New returns an SSE handler over h.
+func New(h *hub.Hub, cfg Config) *Handler {
+	return &Handler{hub: h, cfg: cfg.withDefaults()}
+}
+
+// ServeHTTP subscribes the connection to the requested channels, replays
+// what its cursor missed and streams until the client leaves, the hub
+// closes the session, or a write fails.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET")
+		return
+	}
+	req, ok := transport.ParseRequest(w, r, true)
+	if !ok {
+		return
+	}
+	wake := transport.NewWakeup()
+	sess := transport.Open(w, r, h.hub, TransportName, req, wake.Wake)
+	if sess == nil {
+		return
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", "text/event-stream")
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("X-Accel-Buffering", "no")
+	transport.Stream(r.Context(), w, http.NewResponseController(w), sess, transport.StreamOptions{
+		Encoder:      newEncoder(req, h.cfg.Retry),
+		Wake:         wake,
+		Heartbeat:    h.cfg.Heartbeat,
+		WriteTimeout: h.cfg.WriteTimeout,
+	})
+}
