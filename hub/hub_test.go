@@ -275,3 +275,29 @@ func TestIdempotentPublishDeliversOnce(t *testing.T) {
 		t.Fatalf("delivered %d messages, want 1", n)
 	}
 }
+
+// TestCloseRacingSubscribeLeavesNoSubscriber closes sessions while they
+// subscribe: afterwards no channel may still count them.
+func TestCloseRacingSubscribeLeavesNoSubscriber(t *testing.T) {
+	h := newHub(t, hub.Config{})
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		s, err := h.NewSession(hub.SessionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_ = s.Subscribe(context.Background(), []string{"a", "b", "c"}, nil)
+		}()
+		go func() {
+			defer wg.Done()
+			s.Close(hub.DisconnectNormal)
+		}()
+	}
+	wg.Wait()
+	if st := h.Stats(); st.Subscribers != 0 || st.Connections != 0 {
+		t.Fatalf("after closing every session: %+v", st)
+	}
+}

@@ -122,6 +122,14 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 			return &ChannelError{Channel: ch, Err: ErrChannelFull}
 		}
 	}
+	// A Close that ran before the adds may have missed them; undo them here.
+	// (A Close after this check sees fresh in s.subs and removes them.)
+	if _, closed := s.Closed(); closed {
+		for _, ch := range fresh {
+			h.index.remove(ch, s)
+		}
+		return ErrSessionClosed
+	}
 
 	type recovery struct {
 		msgs []*Message
