@@ -301,3 +301,33 @@ func TestCloseRacingSubscribeLeavesNoSubscriber(t *testing.T) {
 		t.Fatalf("after closing every session: %+v", st)
 	}
 }
+
+// TestReplayLargerThanQueueStillResumes: history may hold more than one
+// queue's worth; resuming must replay it rather than disconnect forever.
+func TestReplayLargerThanQueueStillResumes(t *testing.T) {
+	h := newHub(t, hub.Config{MaxQueueBytes: 16 << 10})
+	payload := fmt.Sprintf("%q", strings.Repeat("x", 4000))
+	first := publish(t, h, payload, "c")
+	for i := 0; i < 20; i++ {
+		publish(t, h, payload, "c")
+	}
+	s, _ := h.NewSession(hub.SessionOptions{})
+	defer s.Close(hub.DisconnectNormal)
+	cur, _ := hub.ParseCursor(fmt.Sprintf("c@%s:1", first[0].Epoch))
+	if err := s.Subscribe(context.Background(), []string{"c"}, &cur); err != nil {
+		t.Fatal(err)
+	}
+	if _, closed := s.Closed(); closed {
+		t.Fatal("session closed by its own replay")
+	}
+	if got := len(offsets(drain(s), "c")); got != 20 {
+		t.Fatalf("replayed %d messages, want 20", got)
+	}
+	// After the drain the normal limit applies again.
+	for i := 0; i < 10; i++ {
+		publish(t, h, payload, "c")
+	}
+	if d, closed := s.Closed(); !closed || d != hub.DisconnectSlowConsumer {
+		t.Fatalf("undrained live traffic over the limit: closed=%v %v", closed, d)
+	}
+}

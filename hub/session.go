@@ -64,6 +64,7 @@ type Session struct {
 	mu       sync.Mutex
 	queue    []Item               // guarded by mu
 	qbytes   int                  // bytes counted in queue and recovery buffers; guarded by mu
+	allow    int                  // replay bytes allowed over maxBytes until the next Drain; guarded by mu
 	subs     map[string]*subState // guarded by mu
 	closed   bool                 // guarded by mu
 	reason   Disconnect           // guarded by mu
@@ -187,7 +188,11 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		}
 		st.recovering = false
 		for _, m := range r.msgs {
-			s.pushLocked(st, m)
+			if s.pushLocked(st, m) {
+				// History is bounded by the namespace, so a replay may exceed
+				// the queue limit once; it must not make resuming impossible.
+				s.allow += m.Size()
+			}
 		}
 		for _, m := range st.buf {
 			s.qbytes -= m.Size()
@@ -197,7 +202,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		positions = append(positions, CursorEntry{Channel: ch, Position: Position{Epoch: st.epoch, Offset: st.offset}})
 	}
 	s.queue = append(s.queue, Item{Kind: ItemSubscribed, Channels: fresh, Positions: positions})
-	overflow := s.qbytes > s.maxBytes
+	overflow := s.overLimitLocked()
 	if overflow {
 		s.overflowLocked()
 	}
@@ -271,7 +276,7 @@ func (s *Session) deliver(m *Message) bool {
 	if st.recovering {
 		st.buf = append(st.buf, m)
 		s.qbytes += m.Size()
-		overflow := s.qbytes > s.maxBytes
+		overflow := s.overLimitLocked()
 		if overflow {
 			s.overflowLocked()
 		}
@@ -286,7 +291,7 @@ func (s *Session) deliver(m *Message) bool {
 		s.mu.Unlock()
 		return false
 	}
-	overflow := s.qbytes > s.maxBytes
+	overflow := s.overLimitLocked()
 	if overflow {
 		s.overflowLocked()
 	}
@@ -307,6 +312,10 @@ func (s *Session) pushLocked(st *subState, m *Message) bool {
 	s.qbytes += m.Size()
 	return true
 }
+
+// overLimitLocked reports whether the queue holds more than it may.
+// s.mu must be held.
+func (s *Session) overLimitLocked() bool { return s.qbytes > s.maxBytes+s.allow }
 
 // overflowLocked closes the session as a slow consumer and drops its queue.
 // It does not touch the index (the fan-out may hold a shard lock): the
@@ -344,7 +353,7 @@ func (s *Session) Enqueue(raw []byte) bool {
 	wasEmpty := len(s.queue) == 0
 	s.queue = append(s.queue, Item{Kind: ItemControl, Raw: raw})
 	s.qbytes += len(raw)
-	overflow := s.qbytes > s.maxBytes
+	overflow := s.overLimitLocked()
 	if overflow {
 		s.overflowLocked()
 	}
@@ -367,7 +376,7 @@ func (s *Session) Drain(dst []Item) []Item {
 		clear(s.queue)
 		s.queue = s.queue[:0]
 	}
-	s.qbytes = 0
+	s.qbytes, s.allow = 0, 0
 	for _, st := range s.subs {
 		for _, m := range st.buf {
 			s.qbytes += m.Size()
