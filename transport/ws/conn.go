@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -35,6 +36,7 @@ type conn struct {
 	readerDone chan struct{}
 	readReason hub.Disconnect
 	readClose  bool // the writer should send a close frame for readReason
+	peerClosed bool // the client sent a close frame (gorilla has answered it)
 
 	// Owned by the writer.
 	cursor hub.Cursor
@@ -156,21 +158,50 @@ func (c *conn) finish(d hub.Disconnect) {
 		readerAlive = false
 	default:
 	}
-	sendable := d.Code != websocket.CloseAbnormalClosure && d.Code != websocket.CloseNoStatusReceived &&
-		d.Code != websocket.CloseTLSHandshake
-	if sendable && (readerAlive || c.readClose) {
+	switch d.Code {
+	case websocket.CloseAbnormalClosure, websocket.CloseNoStatusReceived, websocket.CloseTLSHandshake:
+		// Codes that must not be sent: the connection is already broken.
+		_ = c.ws.Close()
+		return
+	}
+	if readerAlive || c.readClose {
 		msg := websocket.FormatCloseMessage(d.Code, d.Reason)
-		err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.h.cfg.WriteTimeout))
-		if err == nil && readerAlive {
-			t := time.NewTimer(closeGrace)
-			select {
-			case <-c.readerDone: // the client answered (or left)
-			case <-t.C:
-			}
-			t.Stop()
+		if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.h.cfg.WriteTimeout)); err != nil {
+			_ = c.ws.Close()
+			return
 		}
 	}
-	_ = c.ws.Close()
+	if readerAlive {
+		t := time.NewTimer(closeGrace)
+		select {
+		case <-c.readerDone: // the client answered, or left
+			t.Stop()
+		case <-t.C:
+			_ = c.ws.Close()
+			return
+		}
+	}
+	if c.peerClosed {
+		// Close handshake complete; the server closes TCP first (RFC 6455 §7.1.1).
+		_ = c.ws.Close()
+		return
+	}
+	c.lingerClose()
+}
+
+// lingerClose closes the socket when the client may still be sending (an
+// oversized frame's remainder, frames after a binary one): it half-closes,
+// then discards input until the client closes its side or closeGrace
+// passes. Closing with unread input would reset the connection, and a
+// reset can destroy the close frame still in flight to the client.
+func (c *conn) lingerClose() {
+	nc := c.ws.NetConn()
+	if hc, ok := nc.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+		if nc.SetReadDeadline(time.Now().Add(closeGrace)) == nil {
+			_, _ = io.Copy(io.Discard, nc)
+		}
+	}
+	_ = nc.Close()
 }
 
 // readLoop reads client frames until the connection fails or the client
@@ -186,6 +217,8 @@ func (c *conn) readLoop(ctx context.Context) {
 		typ, data, err := ws.ReadMessage()
 		if err != nil {
 			c.readReason, c.readClose = readError(err)
+			var ce *websocket.CloseError
+			c.peerClosed = errors.As(err, &ce)
 			return
 		}
 		if typ != websocket.TextMessage {

@@ -60,6 +60,8 @@ func (c Config) withDefaults() Config {
 // close frame before it closes the socket.
 const closeGrace = time.Second
 
+var _ http.Handler = (*Handler)(nil)
+
 // Handler serves GET /v1/ws. It is safe for concurrent use.
 type Handler struct {
 	hub      *hub.Hub
@@ -67,9 +69,9 @@ type Handler struct {
 	upgrader websocket.Upgrader
 
 	mu       sync.Mutex
-	closing  bool          // guarded by mu; no connection starts once set
+	closing  bool           // guarded by mu; no connection starts once set
 	wg       sync.WaitGroup // connection goroutines; Add only under mu with !closing
-	done     chan struct{} // closed by Shutdown
+	done     chan struct{}  // closed by Shutdown
 	doneOnce sync.Once
 }
 
