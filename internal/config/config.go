@@ -87,8 +87,8 @@ type WSConfig struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// AllowedOrigins lists the Origin values accepted on the handshake
 	// ("*" accepts any, "https://*.example.com" a subdomain pattern).
-	// Empty means the transport's default check (same host only). The
-	// environment form is comma-separated.
+	// Empty means any origin (Herald usually serves pages of other sites).
+	// The environment form is comma-separated.
 	AllowedOrigins []string `yaml:"allowed_origins"`
 }
 

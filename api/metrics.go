@@ -1,0 +1,106 @@
+package api
+
+import (
+	"log/slog"
+	"maps"
+	"net/http"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/heraldhq/herald/hub"
+)
+
+// Transports always reported by herald_connections, even at zero, so that
+// dashboards see every series from the first scrape.
+var knownTransports = []string{"sse", "ws", "poll", "iframe"}
+
+// hubCollector exports the hub's figures. Collect takes one hub.Stats
+// snapshot per scrape, so every series of a scrape comes from the same
+// instant and the hub's locks are taken once.
+type hubCollector struct {
+	stats func() hub.Stats
+
+	published, delivered, dropped, slow *prometheus.Desc
+	connections, channels, subscribers  *prometheus.Desc
+	idempotencyKeys, uptime             *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*hubCollector)(nil)
+
+func newHubCollector(stats func() hub.Stats) *hubCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &hubCollector{
+		stats:           stats,
+		published:       d("herald_published_total", "Messages published (one per channel)."),
+		delivered:       d("herald_delivered_total", "Messages written to subscriber connections."),
+		dropped:         d("herald_dropped_total", "Queued messages dropped because their connection was closed or overflowed."),
+		slow:            d("herald_slow_consumers_total", "Connections closed because their outbound queue overflowed."),
+		connections:     d("herald_connections", "Open subscriber connections.", "transport"),
+		channels:        d("herald_channels", "Channels with at least one subscriber on this node."),
+		subscribers:     d("herald_subscribers", "Channel subscriptions, summed over channels."),
+		idempotencyKeys: d("herald_idempotency_keys", "Remembered publish idempotency keys."),
+		uptime:          d("herald_uptime_seconds", "Seconds since the hub started."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.published, c.delivered, c.dropped, c.slow,
+		c.connections, c.channels, c.subscribers, c.idempotencyKeys, c.uptime} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	counter := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter(c.published, st.Published)
+	counter(c.delivered, st.Delivered)
+	counter(c.dropped, st.Dropped)
+	counter(c.slow, st.SlowConsumers)
+	transports := slices.Sorted(maps.Keys(st.ByTransport))
+	for _, t := range knownTransports {
+		if !slices.Contains(transports, t) {
+			transports = append(transports, t)
+		}
+	}
+	for _, t := range transports {
+		gauge(c.connections, float64(st.ByTransport[t]), t)
+	}
+	gauge(c.channels, float64(st.Channels))
+	gauge(c.subscribers, float64(st.Subscribers))
+	gauge(c.idempotencyKeys, float64(st.IdempotencyKeys))
+	gauge(c.uptime, st.Uptime.Seconds())
+}
+
+// newMetricsHandler builds the API's own registry (so that several servers
+// in one process, as in tests, never collide): the hub collector, build
+// info, and the Go runtime and process collectors.
+func (a *API) newMetricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		newHubCollector(func() hub.Stats { return a.stats() }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "herald_build_info",
+			Help:        "Always 1; the version label names the running build.",
+			ConstLabels: prometheus.Labels{"version": a.cfg.Version},
+		}, func() float64 { return 1 }),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		Registry: reg,
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelError),
+	})
+}

@@ -1,0 +1,111 @@
+package api
+
+import (
+	"net/http"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/httpx"
+)
+
+// Limits of GET /v1/status?prefix=.
+const (
+	DefaultPrefixLimit = 100
+	MaxPrefixLimit     = 1000
+)
+
+// Status is the answer of GET /v1/status.
+type Status struct {
+	Version         string      `json:"version"`
+	UptimeSeconds   float64     `json:"uptime_seconds"`
+	Uptime          string      `json:"uptime"`
+	Goroutines      int         `json:"goroutines"`
+	Ready           bool        `json:"ready"`
+	Connections     Connections `json:"connections"`
+	Channels        int         `json:"channels"`
+	Subscribers     int         `json:"subscribers"`
+	Published       uint64      `json:"published"`
+	Delivered       uint64      `json:"delivered"`
+	Dropped         uint64      `json:"dropped"`
+	SlowConsumers   uint64      `json:"slow_consumers"`
+	IdempotencyKeys int         `json:"idempotency_keys"`
+}
+
+// Connections counts subscriber connections.
+type Connections struct {
+	Total       int            `json:"total"`
+	ByTransport map[string]int `json:"by_transport"`
+}
+
+// ChannelList is the answer of GET /v1/status?prefix=P.
+type ChannelList struct {
+	Prefix    string             `json:"prefix"`
+	Channels  []hub.ChannelStats `json:"channels"`
+	Truncated bool               `json:"truncated"`
+}
+
+// status serves GET /v1/status, ?channel=NAME and ?prefix=P[&limit=N].
+func (a *API) status(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	switch {
+	case q.Has("channel") && q.Has("prefix"):
+		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest, "give channel= or prefix=, not both")
+	case q.Has("channel"):
+		ch := q.Get("channel")
+		if !hub.ValidChannel(ch) {
+			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidChannel, "invalid channel name")
+			return
+		}
+		writeJSON(w, http.StatusOK, a.hub.Channel(ch))
+	case q.Has("prefix"):
+		a.channelList(w, q.Get("prefix"), q.Get("limit"))
+	default:
+		writeJSON(w, http.StatusOK, a.summary())
+	}
+}
+
+func (a *API) summary() Status {
+	st := a.stats()
+	up := time.Since(a.started)
+	return Status{
+		Version:         a.cfg.Version,
+		UptimeSeconds:   up.Seconds(),
+		Uptime:          up.Round(time.Second).String(),
+		Goroutines:      runtime.NumGoroutine(),
+		Ready:           a.ready(),
+		Connections:     Connections{Total: st.Connections, ByTransport: st.ByTransport},
+		Channels:        st.Channels,
+		Subscribers:     st.Subscribers,
+		Published:       st.Published,
+		Delivered:       st.Delivered,
+		Dropped:         st.Dropped,
+		SlowConsumers:   st.SlowConsumers,
+		IdempotencyKeys: st.IdempotencyKeys,
+	}
+}
+
+func (a *API) channelList(w http.ResponseWriter, prefix, rawLimit string) {
+	// A prefix is a possibly empty start of a channel name.
+	if prefix != "" && !hub.ValidChannel(prefix) {
+		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidChannel, "invalid channel prefix")
+		return
+	}
+	limit := DefaultPrefixLimit
+	if rawLimit != "" {
+		n, err := strconv.Atoi(rawLimit)
+		if err != nil || n < 1 || n > MaxPrefixLimit {
+			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest,
+				"limit must be a number from 1 to "+strconv.Itoa(MaxPrefixLimit))
+			return
+		}
+		limit = n
+	}
+	list := a.hub.ChannelsWithPrefix(prefix, limit+1)
+	out := ChannelList{Prefix: prefix, Channels: list}
+	if len(list) > limit {
+		out.Channels, out.Truncated = list[:limit], true
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,258 @@
+// Package app is Herald's composition root: it builds the hub, the API and
+// the transports from a config.Config, serves them over one HTTP server,
+// and owns start-up order and graceful shutdown.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldhq/herald/api"
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/transport/iframe"
+	"github.com/heraldhq/herald/transport/poll"
+	"github.com/heraldhq/herald/transport/sse"
+	"github.com/heraldhq/herald/transport/ws"
+)
+
+// HTTP server hardening. Streams (SSE, iframe, WebSocket) live for hours,
+// so there is no whole-request read or write timeout: transports bound each
+// write themselves and the API bounds body reads.
+const (
+	// DefaultReadHeaderTimeout bounds reading a request's headers: a client
+	// that trickles them (slow-loris) is cut off.
+	DefaultReadHeaderTimeout = 5 * time.Second
+	// MaxHeaderBytes caps a request's headers.
+	MaxHeaderBytes = 64 << 10
+	// IdleTimeout closes keep-alive connections idle for this long.
+	IdleTimeout = 2 * time.Minute
+)
+
+// ErrRunning is returned by Run when the app is already serving, and
+// ErrClosed when it has been shut down.
+var (
+	ErrRunning = errors.New("app: already running")
+	ErrClosed  = errors.New("app: shut down")
+)
+
+// Option adjusts an App beyond its configuration.
+type Option func(*App)
+
+// WithVersion sets the version reported by /v1/status and /metrics.
+func WithVersion(v string) Option { return func(a *App) { a.version = v } }
+
+// withReadHeaderTimeout shortens the header timeout (tests).
+func withReadHeaderTimeout(d time.Duration) Option {
+	return func(a *App) { a.readHeaderTimeout = d }
+}
+
+// App is one Herald server: hub, API and transports behind one handler.
+type App struct {
+	cfg               config.Config
+	log               *slog.Logger
+	version           string
+	readHeaderTimeout time.Duration
+
+	hub     *hub.Hub
+	ws      *ws.Handler
+	handler http.Handler
+
+	draining atomic.Bool // set when Shutdown begins; /readyz answers 503
+
+	mu      sync.Mutex
+	srv     *http.Server // guarded by mu; set by Run
+	running bool         // guarded by mu
+	closed  bool         // guarded by mu; set when Shutdown begins
+
+	shutdownOnce sync.Once
+	shutdownDone chan struct{} // closed when the first Shutdown returns
+	shutdownErr  error         // set before shutdownDone is closed
+}
+
+// New builds the server cfg describes (cfg is given Defaults and must pass
+// Validate). Nothing listens until Run; call Shutdown to release the hub
+// if Run is never called.
+func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("app: invalid configuration: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &App{
+		cfg:               cfg,
+		log:               log,
+		version:           "dev",
+		readHeaderTimeout: DefaultReadHeaderTimeout,
+		shutdownDone:      make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	h, err := hub.New(cfg.HubConfig(log))
+	if err != nil {
+		return nil, fmt.Errorf("app: starting the hub: %w", err)
+	}
+	a.hub = h
+
+	a.ws = ws.New(h, ws.Config{
+		Heartbeat:       cfg.WS.Heartbeat,
+		WriteTimeout:    cfg.WriteTimeout,
+		MaxMessageBytes: int64(cfg.WS.MaxMessageBytes),
+		CheckOrigin:     originChecker(cfg.WS.AllowedOrigins),
+	})
+	apiHandler := api.New(h, api.Config{
+		APIKeys: cfg.APIKeys,
+		Version: a.version,
+		Ready:   func() bool { return !a.draining.Load() },
+		Logger:  log,
+	})
+
+	mux := http.NewServeMux()
+	apiHandler.Register(mux)
+	// Transports check the method themselves (405 JSON with Allow: GET).
+	mux.Handle("/v1/sse", sse.New(h, sse.Config{
+		Heartbeat:    cfg.SSE.Heartbeat,
+		Retry:        cfg.SSE.Retry,
+		WriteTimeout: cfg.WriteTimeout,
+	}))
+	mux.Handle("/v1/ws", a.ws)
+	mux.Handle("/v1/poll", poll.New(h, poll.Config{Timeout: cfg.Poll.Timeout}))
+	mux.Handle("/v1/iframe", iframe.New(h, iframe.Config{
+		Heartbeat:    cfg.Iframe.Heartbeat,
+		WriteTimeout: cfg.WriteTimeout,
+	}))
+	a.handler = api.JSONErrors(mux)
+	return a, nil
+}
+
+// Handler returns the server's HTTP handler: the API (/v1/publish…,
+// /v1/status, /metrics, /healthz, /readyz) and the transports (/v1/sse,
+// /v1/ws, /v1/poll, /v1/iframe).
+func (a *App) Handler() http.Handler { return a.handler }
+
+// Hub returns the app's hub.
+func (a *App) Hub() *hub.Hub { return a.hub }
+
+// Run serves on ln until ctx is done, then shuts down gracefully within
+// the configured shutdown_timeout. It logs one line saying where it
+// listens. It returns nil after a clean shutdown, the shutdown's error
+// (context.DeadlineExceeded when time ran out), or the error that stopped
+// serving. Run takes ownership of ln.
+func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           a.handler,
+		ReadHeaderTimeout: a.readHeaderTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	a.mu.Lock()
+	switch {
+	case a.closed:
+		a.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	case a.running:
+		a.mu.Unlock()
+		ln.Close()
+		return ErrRunning
+	}
+	a.running, a.srv = true, srv
+	a.mu.Unlock()
+
+	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+		// A listener failure, or Shutdown called by someone else.
+		if !errors.Is(serveErr, http.ErrServerClosed) {
+			a.log.Error("serving failed", "err", serveErr)
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout)
+	defer cancel()
+	err := a.Shutdown(sctx)
+	if serveErr == nil {
+		serveErr = <-served // returns ErrServerClosed once Shutdown began
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	return errors.Join(serveErr, err)
+}
+
+// Shutdown stops the server gracefully: /readyz turns 503, the listener
+// closes, the hub closes every session (SSE and iframe clients get a retry
+// hint, WebSocket clients close code 1012, polls answer), the WebSocket
+// handler's connections end, and in-flight requests finish. It waits for
+// all of it until ctx ends, then closes what is left and returns
+// ctx.Err(). It is idempotent: later calls wait for the first one and
+// return its result.
+func (a *App) Shutdown(ctx context.Context) error {
+	a.shutdownOnce.Do(func() {
+		a.shutdownErr = a.shutdown(ctx)
+		close(a.shutdownDone)
+	})
+	select {
+	case <-a.shutdownDone:
+		return a.shutdownErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *App) shutdown(ctx context.Context) error {
+	start := time.Now()
+	a.draining.Store(true)
+	a.mu.Lock()
+	a.closed = true
+	srv := a.srv
+	a.mu.Unlock()
+
+	// Stop accepting first; srv.Shutdown then waits for active requests,
+	// which the hub's shutdown below ends.
+	var httpDone chan error
+	if srv != nil {
+		httpDone = make(chan error, 1)
+		go func() { httpDone <- srv.Shutdown(ctx) }()
+	}
+	var errs []error
+	if err := a.hub.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("hub: %w", err))
+	}
+	if err := a.ws.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("websocket: %w", err))
+	}
+	if httpDone != nil {
+		if err := <-httpDone; err != nil {
+			errs = append(errs, fmt.Errorf("http: %w", err))
+		}
+	}
+	if ctx.Err() != nil {
+		// Out of time: cut whatever is left.
+		if srv != nil {
+			srv.Close()
+		}
+		a.log.Warn("shutdown deadline reached; connections closed", "after", time.Since(start).Round(time.Millisecond))
+		return ctx.Err()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	a.log.Info("herald stopped", "after", time.Since(start).Round(time.Millisecond))
+	return nil
+}
