@@ -80,7 +80,10 @@ const (
 // longer than opts.WriteTimeout, or the hub closes the session (slow
 // consumer, shutdown — after writing the encoder's closing bytes). It always
 // closes sess before returning and returns the reason the session ended
-// with. It runs on the caller's goroutine and starts none.
+// with. A writer blocked in a write when the hub closes its session (a
+// client that stopped reading) notices when that write ends: at the latest
+// after opts.WriteTimeout. It runs on the caller's goroutine and starts
+// none.
 func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseController, sess *hub.Session, opts StreamOptions) hub.Disconnect {
 	defer sess.Close(hub.DisconnectNormal) // no-op if already closed: the first reason wins
 
