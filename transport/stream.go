@@ -96,9 +96,17 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 		writeTimeout = 10 * time.Second
 	}
 	enc := opts.Encoder
+	// The write deadline is moved forward only once half of it is spent:
+	// re-arming a runtime timer on every write costs more than the write's
+	// own bookkeeping, and a stalled client is still cut off after between
+	// writeTimeout/2 and writeTimeout.
+	var deadline time.Time
 	write := func(b []byte) error {
-		if err := rc.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
+		if now := time.Now(); deadline.Sub(now) < writeTimeout/2 {
+			deadline = now.Add(writeTimeout)
+			if err := rc.SetWriteDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
+				return err
+			}
 		}
 		if _, err := w.Write(b); err != nil {
 			return err
@@ -106,8 +114,13 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 		return rc.Flush()
 	}
 
+	// The ticker is never reset (that too would re-arm a timer per write):
+	// a tick writes a heartbeat only if nothing was written since the last
+	// tick, so a silent stream hears from the server at least every
+	// 2×heartbeat and a busy one gets no heartbeats at all.
 	ticker := time.NewTicker(heartbeat)
 	defer ticker.Stop()
+	wrote := false
 	buf := enc.AppendOpen(make([]byte, 0, 4096))
 	var items []hub.Item
 	for {
@@ -130,7 +143,7 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 				return d
 			}
 			sess.Delivered(delivered)
-			ticker.Reset(heartbeat)
+			wrote = true
 			if cap(buf) > keepBufBytes {
 				buf = make([]byte, 0, 4096)
 			}
@@ -153,7 +166,10 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 			return d
 		case <-opts.Wake:
 		case <-ticker.C:
-			buf = enc.AppendHeartbeat(buf)
+			if !wrote {
+				buf = enc.AppendHeartbeat(buf)
+			}
+			wrote = false
 		}
 	}
 }

@@ -173,6 +173,14 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if a.cfg.DebugListen != "" {
+		stop, err := startDebug(a.cfg.DebugListen, a.log)
+		if err != nil {
+			a.log.Error("debug server not started", "addr", a.cfg.DebugListen, "err", err)
+		} else {
+			defer stop()
+		}
+	}
 
 	var serveErr error
 	select {

@@ -33,6 +33,9 @@ type Config struct {
 	// Listen is the TCP address to serve HTTP on. Zero means
 	// "127.0.0.1:8080"; port 0 picks a free port.
 	Listen string `yaml:"listen"`
+	// DebugListen, when set, serves Go's profiler (/debug/pprof/) on this
+	// separate address — keep it on loopback. Zero means no debug server.
+	DebugListen string `yaml:"debug_listen"`
 	// DataDir is where persistent state will live. Zero means "./data".
 	// Nothing uses it yet; it is created only when first needed
 	// (EnsureDataDir).

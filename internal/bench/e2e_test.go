@@ -1,0 +1,204 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/api"
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/transport/sse"
+	"github.com/heraldhq/herald/transport/ws"
+)
+
+// workerEnv makes the test binary act as a bench worker process when the
+// bench under test re-executes it as "<test binary> bench --worker".
+const workerEnv = "HERALD_BENCH_TEST_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" && len(os.Args) > 2 && os.Args[2] == workerFlag {
+		os.Exit(Main(context.Background(), os.Args[2:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// startServer runs a hub with the SSE, WebSocket and publish handlers on
+// a loopback test server.
+func startServer(t *testing.T) string {
+	t.Helper()
+	h := testutil.NewHub(t, hub.Config{})
+	mux := http.NewServeMux()
+	wsh := ws.New(h, ws.Config{})
+	mux.Handle("/v1/sse", sse.New(h, sse.Config{}))
+	mux.Handle("/v1/ws", wsh)
+	api.New(h, api.Config{}).Register(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = wsh.Shutdown(ctx)
+		srv.Close()
+	})
+	return srv.URL
+}
+
+// runBench runs Main with args and returns its exit code, its JSON report
+// and what it wrote to stdout and stderr.
+func runBench(t *testing.T, args ...string) (int, *Report, string, string) {
+	t.Helper()
+	jsonPath := filepath.Join(t.TempDir(), "report.json")
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code := Main(ctx, append(args, "--json", jsonPath), &stdout, &stderr)
+	var rep *Report
+	if b, err := os.ReadFile(jsonPath); err == nil {
+		rep = new(Report)
+		if err := json.Unmarshal(b, rep); err != nil {
+			t.Fatalf("report JSON: %v\n%s", err, b)
+		}
+	}
+	return code, rep, stdout.String(), stderr.String()
+}
+
+// checkClean asserts a run with no loss: every connected subscriber got
+// exactly what was published to its channel.
+func checkClean(t *testing.T, code int, rep *Report, stdout, stderr string, subscribers, channels int) {
+	t.Helper()
+	if rep == nil {
+		t.Fatalf("no report; exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	// On this shared machine the publisher may fall behind its rate (the
+	// bench then says so and exits 1); nothing else may go wrong.
+	for _, p := range rep.Problems {
+		if !strings.HasPrefix(p, "the publisher fell behind") {
+			t.Fatalf("exit %d: %v\nstdout:\n%s\nstderr:\n%s", code, rep.Problems, stdout, stderr)
+		}
+		t.Logf("under load: %s", p)
+	}
+	if (code == 0) != rep.OK {
+		t.Errorf("exit %d with ok %v", code, rep.OK)
+	}
+	if rep.Connect.Connected != int64(subscribers) {
+		t.Errorf("connected %d of %d", rep.Connect.Connected, subscribers)
+	}
+	p, d := rep.Publish, rep.Delivery
+	if p.OK == 0 || p.OK != p.Sent || p.Sent+p.Behind != p.Target {
+		t.Errorf("publish: %+v", p)
+	}
+	// Round-robin publishing and i mod channels subscribing: every channel
+	// got Sent/channels messages and has subscribers/channels subscribers.
+	if want := p.OK * uint64(subscribers/channels); d.Expected != want || d.Delivered != want {
+		t.Errorf("expected %d, delivered %d; want %d (= %d published × %d subscribers per channel)",
+			d.Expected, d.Delivered, want, p.OK, subscribers/channels)
+	}
+	if d.Lost != 0 || d.Duplicates != 0 || d.Unexpected != 0 || d.Misrouted != 0 || d.Disconnected != 0 {
+		t.Errorf("integrity: %+v", d)
+	}
+	if d.Measured == 0 || rep.LatencyMS.Count != d.Measured || rep.LatencyMS.P50 <= 0 || rep.LatencyMS.Max < rep.LatencyMS.P99 {
+		t.Errorf("latency: %+v, measured %d", rep.LatencyMS, d.Measured)
+	}
+	if !strings.Contains(stdout, "result      ") || !strings.Contains(stdout, "p99") {
+		t.Errorf("summary:\n%s", stdout)
+	}
+	if !strings.Contains(stderr, "delivered/s") {
+		t.Errorf("no progress line on stderr:\n%s", stderr)
+	}
+}
+
+func TestEndToEndInProcess(t *testing.T) {
+	for _, transport := range []string{"sse", "ws"} {
+		t.Run(transport, func(t *testing.T) {
+			url := startServer(t)
+			before := runtime.NumGoroutine()
+			code, rep, stdout, stderr := runBench(t, "--url", url, "--transport", transport, "--in-process",
+				"--subscribers", "50", "--channels", "5", "--rate", "200", "--duration", "2s", "--drain", "1s",
+				"--workers", "2", "--source-ips", "127.0.0.2-127.0.0.4", "--server-pid", strconv.Itoa(os.Getpid()))
+			checkClean(t, code, rep, stdout, stderr, 50, 5)
+			if rep.Server == nil || rep.Server.RSSConnectedBytes == 0 || rep.Server.CPURunS <= 0 {
+				t.Errorf("server figures: %+v", rep.Server)
+			}
+			t.Logf("summary:\n%s", stdout)
+			// Every goroutine of the bench (and the server's per-connection
+			// ones, once the bench hung up) has ended.
+			testutil.Eventually(t, 5*time.Second, func() error {
+				if n := runtime.NumGoroutine(); n > before+2 {
+					return fmt.Errorf("%d goroutines, %d before the run", n, before)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestEndToEndProcesses runs the workers as processes: the test binary
+// re-executes itself as "bench --worker" (see TestMain).
+func TestEndToEndProcesses(t *testing.T) {
+	t.Setenv(workerEnv, "1")
+	url := startServer(t)
+	code, rep, stdout, stderr := runBench(t, "--url", url, "--transport", "sse",
+		"--subscribers", "50", "--channels", "5", "--rate", "200", "--duration", "2s", "--drain", "1s",
+		"--workers", "2", "--source-ips", "127.0.0.2-127.0.0.9", "--warmup", "500ms")
+	checkClean(t, code, rep, stdout, stderr, 50, 5)
+	if rep.Workers != 2 || rep.Server != nil {
+		t.Errorf("workers %d, server %+v", rep.Workers, rep.Server)
+	}
+	if rep.Delivery.Measured >= rep.Delivery.Delivered {
+		t.Errorf("warmup deliveries were timed: measured %d of %d", rep.Delivery.Measured, rep.Delivery.Delivered)
+	}
+}
+
+// TestIdleMode connects and holds without publishing.
+func TestIdleMode(t *testing.T) {
+	url := startServer(t)
+	code, rep, stdout, stderr := runBench(t, "--url", url, "--transport", "ws", "--in-process",
+		"--subscribers", "30", "--channels", "3", "--rate", "0", "--duration", "1s", "--workers", "3",
+		"--server-pid", strconv.Itoa(os.Getpid()))
+	if code != 0 || rep == nil || !rep.OK {
+		t.Fatalf("exit %d, report %+v\nstdout:\n%s\nstderr:\n%s", code, rep, stdout, stderr)
+	}
+	if rep.Connect.Connected != 30 || rep.Delivery.Delivered != 0 || rep.Publish.Sent != 0 || rep.Server == nil {
+		t.Errorf("report: %+v", rep)
+	}
+	if !strings.Contains(stdout, "idle        held 1s") || !strings.Contains(stdout, "per connection") {
+		t.Errorf("summary:\n%s", stdout)
+	}
+}
+
+// TestConnectFailure: nobody listens, so every subscriber fails and the
+// run stops with a clear error instead of hanging.
+func TestConnectFailure(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	code, rep, stdout, stderr := runBench(t, "--url", url, "--in-process", "--subscribers", "4", "--channels", "2",
+		"--rate", "10", "--duration", "1s", "--drain", "0s", "--workers", "2", "--source-ips", "127.0.0.2")
+	if code != 1 || rep == nil || rep.OK || rep.Connect.Failed != 4 || len(rep.Errors) == 0 {
+		t.Fatalf("exit %d, report %+v\nstdout:\n%s\nstderr:\n%s", code, rep, stdout, stderr)
+	}
+	if !strings.Contains(stdout, "4 subscribers failed to connect") {
+		t.Errorf("summary:\n%s", stdout)
+	}
+}
+
+func TestMainRefusesBadFlags(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := Main(context.Background(), []string{"--url", "http://10.1.2.3:8080", "--workers", "0"}, &stdout, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), "loopback") || !strings.Contains(stderr.String(), "--workers") {
+		t.Errorf("exit %d, stderr:\n%s", code, stderr.String())
+	}
+	if code := Main(context.Background(), []string{"--help"}, &stdout, &stderr); code != 0 {
+		t.Errorf("--help exits %d", code)
+	}
+}
