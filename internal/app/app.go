@@ -124,12 +124,14 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		Heartbeat:    cfg.SSE.Heartbeat,
 		Retry:        cfg.SSE.Retry,
 		WriteTimeout: cfg.WriteTimeout,
+		WriteDelay:   cfg.WriteDelay,
 	}))
 	mux.Handle("/v1/ws", a.ws)
 	mux.Handle("/v1/poll", poll.New(h, poll.Config{Timeout: cfg.Poll.Timeout}))
 	mux.Handle("/v1/iframe", iframe.New(h, iframe.Config{
 		Heartbeat:    cfg.Iframe.Heartbeat,
 		WriteTimeout: cfg.WriteTimeout,
+		WriteDelay:   cfg.WriteDelay,
 	}))
 	a.handler = api.JSONErrors(mux)
 	return a, nil

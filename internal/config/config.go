@@ -54,6 +54,12 @@ type Config struct {
 	// WriteTimeout bounds one write to a subscriber connection. Zero means
 	// 10s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// WriteDelay lets messages for one subscriber gather for this long so
+	// that they leave in one write: fewer system calls per delivery on
+	// both ends, for up to this much more latency. Zero (the default)
+	// writes at once. Applies to SSE and forever-iframe (the WebSocket
+	// library writes every frame with its own system call).
+	WriteDelay time.Duration `yaml:"write_delay"`
 	// IdempotencyWindow is how long a publish idempotency key is
 	// remembered. Zero means 5m.
 	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
@@ -241,6 +247,9 @@ func (c Config) Validate() error {
 	positive("ws.heartbeat", c.WS.Heartbeat)
 	positive("iframe.heartbeat", c.Iframe.Heartbeat)
 	positive("poll.timeout", c.Poll.Timeout)
+	if c.WriteDelay < 0 || c.WriteDelay > time.Second {
+		bad("write_delay", "must be between 0 and 1s, got %v", c.WriteDelay)
+	}
 
 	atLeast := func(key string, v, min int) {
 		if v < min {

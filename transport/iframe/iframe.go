@@ -28,6 +28,10 @@ type Config struct {
 	// WriteTimeout bounds each write: a write that takes longer ends the
 	// connection. Zero means 10s.
 	WriteTimeout time.Duration
+	// WriteDelay, when positive, lets messages gather for this long after
+	// a wake-up so that they leave in one write (fewer system calls, up to
+	// WriteDelay more latency). Zero writes at once.
+	WriteDelay time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -91,5 +95,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Wake:         wake,
 		Heartbeat:    h.cfg.Heartbeat,
 		WriteTimeout: h.cfg.WriteTimeout,
+		WriteDelay:   h.cfg.WriteDelay,
 	})
 }
