@@ -12,6 +12,10 @@ var ErrInvalidCursor = errors.New("hub: invalid cursor")
 // maxEpochLen bounds the epoch part of a cursor entry.
 const maxEpochLen = 64
 
+// MaxCursorEntries bounds the channels of one cursor, so that parsing a
+// hostile cursor stays cheap.
+const MaxCursorEntries = 1024
+
 // Position is a place in one channel's history: the message at Offset in
 // Epoch, or — with Offset 0 — the start of Epoch.
 type Position struct {
@@ -67,6 +71,9 @@ func ParseCursor(s string) (Cursor, error) {
 			return Cursor{}, ErrInvalidCursor
 		}
 		c.Set(ch, Position{Epoch: epoch, Offset: n})
+		if len(c.entries) > MaxCursorEntries {
+			return Cursor{}, ErrInvalidCursor
+		}
 	}
 	return c, nil
 }

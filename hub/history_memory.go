@@ -178,16 +178,23 @@ func (h *MemoryHistory) Inspect(ch string) (ChannelHistory, bool) {
 }
 
 // Sweep drops expired messages and forgets channels that retain nothing,
-// have been idle for longer than idle and for which inUse reports false. A
-// forgotten channel starts a new epoch if it is used again.
-func (h *MemoryHistory) Sweep(ttl func(ch string) time.Duration, idle time.Duration, inUse func(ch string) bool) {
+// are not in use (inUse reports false) and have been idle for longer than
+// idle — or, for channels never published to, longer than idleEmpty, so
+// that subscribing to many names that nobody publishes to does not pin
+// memory. A forgotten channel starts a new epoch if it is used again (a
+// client resuming it gets a gap signal: conservative, never silent).
+func (h *MemoryHistory) Sweep(ttl func(ch string) time.Duration, idle, idleEmpty time.Duration, inUse func(ch string) bool) {
 	now := h.now()
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.Lock()
 		for ch, r := range s.channels {
 			r.expire(now, ttl(ch))
-			if r.n == 0 && now.Sub(r.lastActive) > idle && !inUse(ch) {
+			limit := idle
+			if r.head == 0 {
+				limit = idleEmpty
+			}
+			if r.n == 0 && now.Sub(r.lastActive) > limit && !inUse(ch) {
 				delete(s.channels, ch)
 			}
 		}

@@ -128,6 +128,8 @@ type Hub struct {
 	stripeSeed maphash.Seed
 	stripes    [256]sync.Mutex // serialise append+publish per channel
 
+	closing atomic.Bool // set when Shutdown begins; publishes are refused
+
 	connMu       sync.Mutex
 	sessions     map[*Session]struct{} // guarded by connMu
 	perIP        map[string]int        // guarded by connMu
@@ -195,7 +197,7 @@ func (h *Hub) sweepLoop(mh *MemoryHistory) {
 		case <-h.done:
 			return
 		case <-t.C:
-			mh.Sweep(ttl, idle, inUse)
+			mh.Sweep(ttl, idle, 2*h.cfg.SweepInterval, inUse)
 		}
 	}
 }
@@ -295,6 +297,9 @@ func (h *Hub) publish(ctx context.Context, channels []string, typ string, data j
 // publishOne appends m to history and hands it to the broker, holding the
 // channel's stripe so that offsets reach the broker in order.
 func (h *Hub) publishOne(ctx context.Context, m *Message) error {
+	if h.closing.Load() {
+		return ErrShuttingDown
+	}
 	mu := &h.stripes[maphash.String(h.stripeSeed, m.Channel)%uint64(len(h.stripes))]
 	mu.Lock()
 	defer mu.Unlock()
@@ -305,7 +310,13 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 		return errors.New("hub: history store did not seal the message")
 	}
 	h.stats.published.Add(1)
-	return h.broker.Publish(ctx, &m.Message)
+	if err := h.broker.Publish(ctx, &m.Message); err != nil {
+		if errors.Is(err, broker.ErrClosed) {
+			return ErrShuttingDown
+		}
+		return err
+	}
+	return nil
 }
 
 // handle receives every message from the broker and fans it out to local
@@ -443,6 +454,7 @@ func (h *Hub) ShuttingDown() bool {
 // the hub's goroutines and the broker. It is idempotent and returns
 // ctx.Err() if ctx ends first.
 func (h *Hub) Shutdown(ctx context.Context) error {
+	h.closing.Store(true)
 	h.connMu.Lock()
 	h.shutting = true
 	sessions := make([]*Session, 0, len(h.sessions))

@@ -331,3 +331,80 @@ func TestReplayLargerThanQueueStillResumes(t *testing.T) {
 		t.Fatalf("undrained live traffic over the limit: closed=%v %v", closed, d)
 	}
 }
+
+// TestControlFloodIsBounded: a client that stops reading cannot grow its
+// queue by sending ops (each answered with a control item) or by
+// subscribing again and again.
+func TestControlFloodIsBounded(t *testing.T) {
+	h := newHub(t, hub.Config{MaxQueueBytes: 4 << 10})
+	floods := map[string]func(s *hub.Session){
+		"subscribe": func(s *hub.Session) {
+			_ = s.Subscribe(context.Background(), []string{"a"}, nil)
+			s.Unsubscribe("a")
+		},
+		"empty controls": func(s *hub.Session) { s.Enqueue(nil) },
+	}
+	for name, flood := range floods {
+		t.Run(name, func(t *testing.T) {
+			s, _ := h.NewSession(hub.SessionOptions{})
+			defer s.Close(hub.DisconnectNormal)
+			for i := 0; i < 10000; i++ {
+				flood(s)
+			}
+			if d, closed := s.Closed(); !closed || d != hub.DisconnectSlowConsumer {
+				t.Fatalf("flooded session: closed=%v %v", closed, d)
+			}
+		})
+	}
+}
+
+// TestUnsubscribeDropsQueuedMessages: unsubscribe then subscribe again with
+// a cursor must not deliver the still-queued messages a second time.
+func TestUnsubscribeDropsQueuedMessages(t *testing.T) {
+	h := newHub(t, hub.Config{})
+	s, _ := h.NewSession(hub.SessionOptions{})
+	defer s.Close(hub.DisconnectNormal)
+	if err := s.Subscribe(context.Background(), []string{"a"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	drain(s)
+	var res []hub.PublishResult
+	for i := 1; i <= 5; i++ {
+		res = publish(t, h, fmt.Sprint(i), "a")
+	}
+	s.Unsubscribe("a")
+	cur, _ := hub.ParseCursor(fmt.Sprintf("a@%s:3", res[0].Epoch))
+	if err := s.Subscribe(context.Background(), []string{"a"}, &cur); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(offsets(drain(s), "a")); got != "[4 5]" {
+		t.Fatalf("offsets %s, want [4 5]", got)
+	}
+}
+
+func TestPublishDuringShutdownIsRefused(t *testing.T) {
+	h, err := hub.New(hub.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.Publish(context.Background(), hub.Publication{Channels: []string{"a"}})
+	if !errors.Is(err, hub.ErrShuttingDown) {
+		t.Fatalf("publish after shutdown: %v", err)
+	}
+	if ch := h.Channel("a"); ch.History != nil && ch.History.Head != 0 {
+		t.Fatalf("refused publish reached history: %+v", ch.History)
+	}
+}
+
+func TestHostileCursorIsRejectedCheaply(t *testing.T) {
+	var b strings.Builder
+	for i := 0; i <= hub.MaxCursorEntries; i++ {
+		fmt.Fprintf(&b, "c%d@e:1,", i)
+	}
+	if _, err := hub.ParseCursor(strings.TrimSuffix(b.String(), ",")); !errors.Is(err, hub.ErrInvalidCursor) {
+		t.Fatalf("cursor of %d entries: %v", hub.MaxCursorEntries+1, err)
+	}
+}

@@ -40,10 +40,11 @@ type SessionOptions struct {
 	// RemoteIP is the client's address, for the per-IP connection limit.
 	// Empty skips the per-IP limit.
 	RemoteIP string
-	// Wake is called, without locks held, when the queue goes from empty
-	// to non-empty and when the session closes. It must not block: it
-	// typically does a non-blocking send on a channel of capacity 1, or
-	// schedules a flush in a connection engine.
+	// Wake is called when the queue goes from empty to non-empty and when
+	// the session closes. It may be called with hub locks held (the
+	// fan-out holds a channel shard's read lock), so it must not block and
+	// must not call into the hub: it typically does a non-blocking send on
+	// a channel of capacity 1, or marks the connection ready in an engine.
 	Wake func()
 }
 
@@ -169,8 +170,10 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 	}
 	if len(gaps) > 0 {
 		s.queue = append(s.queue, Item{Kind: ItemGap, Channels: gaps})
+		s.qbytes += listCost(gaps)
 	}
 	positions := make([]CursorEntry, 0, len(fresh))
+	replay := 0
 	for i, ch := range fresh {
 		st := s.subs[ch]
 		r := &rec[i]
@@ -189,9 +192,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		st.recovering = false
 		for _, m := range r.msgs {
 			if s.pushLocked(st, m) {
-				// History is bounded by the namespace, so a replay may exceed
-				// the queue limit once; it must not make resuming impossible.
-				s.allow += m.Size()
+				replay += m.Size()
 			}
 		}
 		for _, m := range st.buf {
@@ -202,6 +203,12 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		positions = append(positions, CursorEntry{Channel: ch, Position: Position{Epoch: st.epoch, Offset: st.offset}})
 	}
 	s.queue = append(s.queue, Item{Kind: ItemSubscribed, Channels: fresh, Positions: positions})
+	s.qbytes += listCost(fresh)
+	// History is bounded by the namespace, so one replay may exceed the
+	// queue limit; it must not make resuming impossible. The allowance is
+	// the largest replay since the last Drain, not a sum, so a client that
+	// stops reading cannot grow its queue by subscribing again and again.
+	s.allow = max(s.allow, replay)
 	overflow := s.overLimitLocked()
 	if overflow {
 		s.overflowLocked()
@@ -231,8 +238,8 @@ func (s *Session) rollback(registered, fresh []string) {
 	s.mu.Unlock()
 }
 
-// Unsubscribe removes ch from the session. Messages of ch already queued
-// stay queued.
+// Unsubscribe removes ch from the session, with any of its messages still
+// queued. It reports false if the session did not have ch.
 func (s *Session) Unsubscribe(ch string) bool {
 	s.mu.Lock()
 	st := s.subs[ch]
@@ -244,6 +251,15 @@ func (s *Session) Unsubscribe(ch string) bool {
 		s.qbytes -= m.Size()
 	}
 	delete(s.subs, ch)
+	// Messages of ch still queued are dropped: a later subscribe with a
+	// cursor replays from history, and keeping them would deliver twice.
+	s.queue = slices.DeleteFunc(s.queue, func(it Item) bool {
+		if it.Kind == ItemMessage && it.Msg.Channel == ch {
+			s.qbytes -= it.Msg.Size()
+			return true
+		}
+		return false
+	})
 	s.mu.Unlock()
 	s.hub.index.remove(ch, s)
 	return true
@@ -313,6 +329,20 @@ func (s *Session) pushLocked(st *subState, m *Message) bool {
 	return true
 }
 
+// itemCost is what any queued item counts for beyond its payload, so that
+// floods of small items (controls, gap and subscribed markers) are bounded
+// by the queue limit too.
+const itemCost = 64
+
+// listCost is the queue cost of an item that names channels.
+func listCost(channels []string) int {
+	n := itemCost
+	for _, ch := range channels {
+		n += len(ch) + 3
+	}
+	return n
+}
+
 // overLimitLocked reports whether the queue holds more than it may.
 // s.mu must be held.
 func (s *Session) overLimitLocked() bool { return s.qbytes > s.maxBytes+s.allow }
@@ -352,7 +382,7 @@ func (s *Session) Enqueue(raw []byte) bool {
 	}
 	wasEmpty := len(s.queue) == 0
 	s.queue = append(s.queue, Item{Kind: ItemControl, Raw: raw})
-	s.qbytes += len(raw)
+	s.qbytes += len(raw) + itemCost
 	overflow := s.overLimitLocked()
 	if overflow {
 		s.overflowLocked()
