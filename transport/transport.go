@@ -17,9 +17,11 @@ type Request struct {
 	Cursor   hub.Cursor
 }
 
-// ParseRequest reads the channel= parameters and the cursor (the cursor=
-// parameter, else the Last-Event-ID header). On error it has written the
-// HTTP error and returns false.
+// ParseRequest reads the channel= parameters and the cursor: the
+// Last-Event-ID header, else the cursor= parameter. The header wins because
+// a browser's EventSource reconnects to the same URL — with the cursor= it
+// started from — adding Last-Event-ID with where it really is. On error it
+// has written the HTTP error and returns false.
 func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (Request, bool) {
 	q := r.URL.Query()
 	req := Request{Channels: q["channel"]}
@@ -33,9 +35,9 @@ func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (
 			return req, false
 		}
 	}
-	raw := q.Get("cursor")
+	raw := r.Header.Get("Last-Event-ID")
 	if raw == "" {
-		raw = r.Header.Get("Last-Event-ID")
+		raw = q.Get("cursor")
 	}
 	c, err := hub.ParseCursor(raw)
 	if err != nil {

@@ -54,27 +54,43 @@ func (e *encoder) AppendItem(dst []byte, it *hub.Item) []byte {
 		dst = e.cursor.AppendTo(dst)
 		return append(dst, "\");</script>\n"...)
 	case hub.ItemSubscribed:
-		// Nothing to say: the cursor comes with the next message.
+		// The page learns its cursor now, not with the next message: a
+		// reload before any message must still resume, not start live.
 		for _, p := range it.Positions {
 			e.cursor.Set(p.Channel, p.Position)
 		}
-		return dst
+		dst = e.appendCall(dst)
+		dst = append(dst, `{"control":"subscribed","channels":`...)
+		dst = appendStrings(dst, it.Channels)
+		dst = append(dst, "},\""...)
+		dst = e.cursor.AppendTo(dst)
+		return append(dst, "\");</script>\n"...)
 	case hub.ItemGap:
 		dst = e.appendCall(dst)
-		dst = append(dst, `{"control":"gap","channels":[`...)
-		for i, ch := range it.Channels {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = append(dst, '"')
-			dst = append(dst, ch...)
-			dst = append(dst, '"')
-		}
-		return append(dst, "]},\"\");</script>\n"...)
+		dst = append(dst, `{"control":"gap","channels":`...)
+		dst = appendStrings(dst, it.Channels)
+		dst = append(dst, "},\""...)
+		dst = e.cursor.AppendTo(dst)
+		return append(dst, "\");</script>\n"...)
 	case hub.ItemControl:
 		return append(dst, it.Raw...)
 	}
 	return dst
+}
+
+// appendStrings appends names (channel names: nothing to escape) as a JSON
+// array.
+func appendStrings(dst []byte, names []string) []byte {
+	dst = append(dst, '[')
+	for i, s := range names {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = append(dst, s...)
+		dst = append(dst, '"')
+	}
+	return append(dst, ']')
 }
 
 func (e *encoder) appendCall(dst []byte) []byte {

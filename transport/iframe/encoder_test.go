@@ -32,11 +32,12 @@ func TestEncoderWireFormat(t *testing.T) {
 		want string
 	}{
 		{"gap", e.AppendItem(nil, &hub.Item{Kind: hub.ItemGap, Channels: []string{"a", "b"}}),
-			`<script>parent.herald({"control":"gap","channels":["a","b"]},"");</script>` + "\n"},
+			`<script>parent.herald({"control":"gap","channels":["a","b"]},"b@f:3");</script>` + "\n"},
 		{"message", e.AppendItem(nil, &hub.Item{Kind: hub.ItemMessage, Msg: m}),
 			`<script>parent.herald(` + string(m.Envelope) + `,"b@f:3,a@e:7");</script>` + "\n"},
-		{"subscribed", e.AppendItem(nil, &hub.Item{Kind: hub.ItemSubscribed, Positions: []hub.CursorEntry{
-			{Channel: "b", Position: hub.Position{Epoch: "f", Offset: 4}}}}), ""},
+		{"subscribed", e.AppendItem(nil, &hub.Item{Kind: hub.ItemSubscribed, Channels: []string{"b"}, Positions: []hub.CursorEntry{
+			{Channel: "b", Position: hub.Position{Epoch: "f", Offset: 4}}}}),
+			`<script>parent.herald({"control":"subscribed","channels":["b"]},"b@f:4,a@e:7");</script>` + "\n"},
 		{"heartbeat", e.AppendHeartbeat(nil), "<!-- -->\n"},
 		{"close", e.AppendClose(nil, hub.DisconnectShutdown), ""},
 	}

@@ -134,7 +134,11 @@ func (s *server) get(t *testing.T, query string) *http.Response {
 	return resp
 }
 
-// next returns the next call, skipping heartbeats.
+// isSubscribed reports whether c is the end-of-replay control.
+func (c call) isSubscribed() bool { return strings.HasPrefix(c.Arg, `{"control":"subscribed"`) }
+
+// next returns the next call, skipping heartbeats and the end-of-replay
+// control (TestSubscribedCarriesCursor checks that one).
 func (p *page) next() call {
 	p.t.Helper()
 	timeout := time.After(waitFor)
@@ -144,7 +148,7 @@ func (p *page) next() call {
 			if !ok {
 				p.t.Fatalf("page ended: %v", p.err)
 			}
-			if !c.Heartbeat {
+			if !c.Heartbeat && !c.isSubscribed() {
 				return c
 			}
 		case <-timeout:
@@ -252,7 +256,9 @@ func TestGapComesBeforeReplay(t *testing.T) {
 	}
 	p := s.open(t, fmt.Sprintf("channel=small:x&channel=other&cursor=small:x@%s:1,other@unknown:3", first.Epoch))
 	gap := p.next()
-	if gap.Arg != `{"control":"gap","channels":["small:x","other"]}` || gap.Cursor != "" {
+	// The cursor with the gap is still the request's: a reload before the
+	// replay arrives asks again and gets the same gap and replay.
+	if gap.Arg != `{"control":"gap","channels":["small:x","other"]}` || gap.Cursor != fmt.Sprintf("small:x@%s:1,other@unknown:3", first.Epoch) {
 		t.Fatalf("first call = %+v, want the gap control", gap)
 	}
 	p.expectMessages(iframe.DefaultCallback, "small:x=4", "small:x=5")
@@ -319,6 +325,9 @@ func TestShutdownEndsPage(t *testing.T) {
 func TestHeartbeatOnIdlePage(t *testing.T) {
 	s := startServer(t, hub.Config{}, iframe.Config{Heartbeat: 20 * time.Millisecond})
 	p := s.open(t, "channel=a")
+	if c := <-p.calls; !c.isSubscribed() {
+		t.Fatalf("first call %+v, want subscribed", c)
+	}
 	for range 2 {
 		select {
 		case c := <-p.calls:
@@ -329,4 +338,25 @@ func TestHeartbeatOnIdlePage(t *testing.T) {
 			t.Fatal("no heartbeat")
 		}
 	}
+}
+
+// TestSubscribedCarriesCursor: a page learns its cursor at once, so a
+// reload before any message resumes instead of starting live (and missing
+// what was published in between).
+func TestSubscribedCarriesCursor(t *testing.T) {
+	s := startServer(t, hub.Config{}, iframe.Config{})
+	p := s.open(t, "channel=a")
+	var c call
+	select {
+	case c = <-p.calls:
+	case <-time.After(waitFor):
+		t.Fatal("no subscribed call")
+	}
+	head := s.hub.Channel("a").History
+	if c.Arg != `{"control":"subscribed","channels":["a"]}` || head == nil || c.Cursor != "a@"+head.Epoch+":0" {
+		t.Fatalf("first call %+v, want subscribed with cursor a@%v:0", c, head)
+	}
+	publish(t, s.hub, `1`, "a") // published "while the page reloads"
+	again := s.open(t, "channel=a&cursor="+c.Cursor)
+	again.expectMessages(iframe.DefaultCallback, "a=1")
 }

@@ -361,7 +361,7 @@ func sameCursor(t *testing.T, a, b string) bool {
 // missed messages, then live ones — with the cursor as Last-Event-ID (what
 // browsers send) and as cursor=.
 func TestResumeWithoutLossOrDuplicate(t *testing.T) {
-	for _, via := range []string{"Last-Event-ID", "cursor", "cursor-wins"} {
+	for _, via := range []string{"Last-Event-ID", "cursor", "Last-Event-ID-wins"} {
 		t.Run(via, func(t *testing.T) {
 			s := startServer(t, hub.Config{}, sse.Config{})
 			const q = "channel=a&channel=b"
@@ -383,9 +383,11 @@ func TestResumeWithoutLossOrDuplicate(t *testing.T) {
 				second = s.subscribe(t, q, http.Header{"Last-Event-Id": {last}})
 			case "cursor":
 				second = s.subscribe(t, q+"&cursor="+url.QueryEscape(last), nil)
-			case "cursor-wins":
+			case "Last-Event-ID-wins":
+				// A browser reconnects to the URL it started with (a stale
+				// cursor=) and adds where it really is as Last-Event-ID.
 				stale := strings.ReplaceAll(last, ":2", ":1")
-				second = s.subscribe(t, q+"&cursor="+last, http.Header{"Last-Event-Id": {stale}})
+				second = s.subscribe(t, q+"&cursor="+stale, http.Header{"Last-Event-Id": {last}})
 			}
 			replayed, id := second.start()
 			got := ""

@@ -69,9 +69,10 @@ type Handler struct {
 	upgrader websocket.Upgrader
 
 	mu       sync.Mutex
-	closing  bool           // guarded by mu; no connection starts once set
-	wg       sync.WaitGroup // connection goroutines; Add only under mu with !closing
-	done     chan struct{}  // closed by Shutdown
+	closing  bool                         // guarded by mu; no connection starts once set
+	wg       sync.WaitGroup               // connection goroutines; Add only under mu with !closing
+	sockets  map[*websocket.Conn]struct{} // upgraded connections; guarded by mu
+	done     chan struct{}                // closed by Shutdown
 	doneOnce sync.Once
 }
 
@@ -88,7 +89,8 @@ func New(h *hub.Hub, cfg Config) *Handler {
 			WriteBufferPool: &sync.Pool{},
 			Error:           upgradeError,
 		},
-		done: make(chan struct{}),
+		done:    make(chan struct{}),
+		sockets: make(map[*websocket.Conn]struct{}),
 	}
 }
 
@@ -143,6 +145,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sess.Close(hub.DisconnectBadRequest) // Upgrade has answered the request
 		return
 	}
+	h.mu.Lock()
+	h.sockets[ws] = struct{}{}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.sockets, ws)
+		h.mu.Unlock()
+	}()
 	c.serve(r.Context(), sess, ws)
 }
 
@@ -169,8 +179,10 @@ func (h *Handler) goFunc(fn func()) {
 
 // Shutdown refuses new connections, closes every open one with 1012 (the
 // hub's Shutdown normally has done so already by closing their sessions),
-// and waits for every connection goroutine to end. It is idempotent and
-// returns ctx.Err() if ctx ends first.
+// and waits for every connection goroutine to end. It is idempotent. If ctx
+// ends first — a client that stopped reading keeps its writer in a write —
+// it closes the remaining sockets (http.Server does not know hijacked
+// connections), so their goroutines end promptly, and returns ctx.Err().
 func (h *Handler) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	h.closing = true
@@ -182,6 +194,11 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	case <-waited:
 		return nil
 	case <-ctx.Done():
+		h.mu.Lock()
+		for ws := range h.sockets {
+			ws.NetConn().Close()
+		}
+		h.mu.Unlock()
 		return ctx.Err()
 	}
 }

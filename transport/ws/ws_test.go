@@ -581,6 +581,14 @@ func TestShutdownTimesOut(t *testing.T) {
 	if err := s.ws.Shutdown(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Shutdown = %v, want context.Canceled", err)
 	}
+	// Out of time, Shutdown closed the socket: the connection's goroutines
+	// end at once instead of after the close grace period and write
+	// timeouts, so a second Shutdown with time to spare returns nil fast.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel2()
+	if err := s.ws.Shutdown(ctx2); err != nil {
+		t.Fatalf("connection goroutines still running after the socket was closed: %v", err)
+	}
 }
 
 func TestHeartbeat(t *testing.T) {
