@@ -17,12 +17,18 @@ type Request struct {
 	Cursor   hub.Cursor
 }
 
-// ParseRequest reads the channel= parameters and the cursor: the
+// ParseRequest checks that r is a GET (405 otherwise) and reads the
+// channel= parameters and the cursor: the
 // Last-Event-ID header, else the cursor= parameter. The header wins because
 // a browser's EventSource reconnects to the same URL — with the cursor= it
 // started from — adding Last-Event-ID with where it really is. On error it
 // has written the HTTP error and returns false.
 func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (Request, bool) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET")
+		return Request{}, false
+	}
 	q := r.URL.Query()
 	req := Request{Channels: q["channel"]}
 	if requireChannel && len(req.Channels) == 0 {

@@ -46,11 +46,6 @@ func New(h *hub.Hub, cfg Config) *Handler {
 // after the cursor or a gap, otherwise after the first live message, the
 // timeout, or the hub's shutdown. A client that leaves gets no answer.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET")
-		return
-	}
 	req, ok := transport.ParseRequest(w, r, true)
 	if !ok {
 		return

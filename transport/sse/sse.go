@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/hub"
-	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/transport"
 )
 
@@ -64,11 +63,6 @@ func New(h *hub.Hub, cfg Config) *Handler {
 // what its cursor missed and streams until the client leaves, the hub
 // closes the session, or a write fails.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET")
-		return
-	}
 	req, ok := transport.ParseRequest(w, r, true)
 	if !ok {
 		return

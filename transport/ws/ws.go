@@ -112,11 +112,6 @@ func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason err
 // cursor), upgrades, and runs the connection until it ends. Bad input is a
 // JSON HTTP error, never a WebSocket close.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "use GET with a WebSocket upgrade")
-		return
-	}
 	req, ok := transport.ParseRequest(w, r, false)
 	if !ok {
 		return
