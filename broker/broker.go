@@ -33,7 +33,8 @@ type Message struct {
 }
 
 // Handler receives messages from a broker. For one channel it is called in
-// publish order and never concurrently; for different channels it may be
+// publish order, and — given that the caller serialises Publish per channel,
+// as the hub does — never concurrently; for different channels it may be
 // called concurrently. It must not block: it hands the message to bounded
 // queues and returns.
 type Handler func(*Message)
@@ -43,8 +44,10 @@ type Handler func(*Message)
 // Contract:
 //   - Run is called once, before any Publish, with the handler that receives
 //     every message published on any node.
-//   - Publish hands m to the handler of every running node. Messages of one
-//     channel published from one goroutine reach every handler in that order.
+//   - Publish hands m to the handler of every running node. The hub calls
+//     Publish for one channel from one goroutine at a time (it holds a
+//     per-channel lock), not always the same goroutine: Publish calls for one
+//     channel that do not overlap reach every handler in call order.
 //     Publish may deliver synchronously (the in-process broker does) — callers
 //     must not hold locks that the handler takes.
 //   - Publish returns an error only when the message could not be handed to
@@ -56,7 +59,8 @@ type Broker interface {
 
 // Shutdowner is implemented by brokers that hold resources (connections,
 // goroutines). Shutdown stops delivery and releases them; it is idempotent
-// and returns ctx.Err() if ctx ends first.
+// and returns ctx.Err() if ctx ends first. Once Shutdown has been called,
+// whatever it returned, Publish returns ErrClosed.
 type Shutdowner interface {
 	Shutdown(ctx context.Context) error
 }

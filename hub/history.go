@@ -9,7 +9,7 @@ import (
 // history call, so a store needs no configuration of its own.
 type HistoryOptions struct {
 	Size int           // messages kept per channel; 0 keeps none
-	TTL  time.Duration // how long a message is kept; 0 means forever
+	TTL  time.Duration // how long a message is kept, from its Time; 0 means forever
 }
 
 // History keeps the recent messages of every channel and assigns offsets.
