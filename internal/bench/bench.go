@@ -16,6 +16,16 @@
 // time; one machine, one clock) into mergeable histograms and track every
 // subscriber's sequence numbers; after the drain the parent tells them
 // what was published to each channel and merges their verdicts.
+//
+// A worker holds its connections with one of two readers (--reader): on
+// Linux by default a few epoll event loops over raw non-blocking sockets,
+// with hand-written HTTP/1.1 and WebSocket handshakes and incremental SSE
+// (chunked) and WebSocket frame decoders (reader_epoll_linux.go,
+// handshake.go, stream_sse.go, stream_ws.go), so that the load tool costs
+// little CPU next to the server it measures; or a goroutine per
+// connection over net/http and gorilla/websocket (subscriber_sse.go,
+// subscriber_ws.go), everywhere. Workers report their own CPU time, which
+// the report shows as the client CPU.
 package bench
 
 import (

@@ -53,6 +53,7 @@ type Config struct {
 	ChannelPrefix string        // channel names are prefix + index
 	JSONPath      string        // write the report as JSON here; "-" = stdout
 	InProcess     bool          // run workers as goroutines of this process
+	Reader        string        // subscriber side: "epoll" (event loops, Linux) or "goroutine" (one per connection)
 	Progress      bool          // print a progress line every second
 }
 
@@ -89,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.SubscribePath, "subscribe-path", "", "subscribe path with {channel}; empty = /v1/sse?channel={channel} or /v1/ws?channel={channel}")
 	fs.StringVar(&c.ChannelPrefix, "channel-prefix", "", "channel name prefix; empty = bench:RUNID- (fresh channels each run)")
 	fs.StringVar(&c.JSONPath, "json", "", "also write the report as JSON to `FILE` (- = stdout; the summary then goes to stderr)")
+	fs.StringVar(&c.Reader, "reader", defaultReader, "subscriber side of the workers: epoll (a few event loops, Linux only) or goroutine (one goroutine per connection, net/http and gorilla/websocket)")
 	fs.BoolVar(&c.InProcess, "in-process", false, "run the workers as goroutines of this process (debugging, tests)")
 	fs.BoolVar(&c.Progress, "progress", true, "print a progress line on stderr every second")
 	if err := fs.Parse(args); err != nil {
@@ -128,6 +130,15 @@ func (c *Config) validate() error {
 	}
 	if c.Transport != "sse" && c.Transport != "ws" {
 		bad("--transport %q: want sse or ws", c.Transport)
+	}
+	switch c.Reader {
+	case "goroutine":
+	case "epoll":
+		if defaultReader != "epoll" {
+			bad("--reader epoll: only on Linux; use --reader goroutine")
+		}
+	default:
+		bad("--reader %q: want epoll or goroutine", c.Reader)
 	}
 	if c.Subscribers < 1 || c.Subscribers > maxSubscribers {
 		bad("--subscribers %d: want 1 to %d", c.Subscribers, maxSubscribers)

@@ -3,6 +3,7 @@ package bench
 import (
 	"io"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -15,6 +16,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if c.URL != "http://127.0.0.1:8080" || c.Transport != "sse" || c.Subscribers != 10000 || c.Channels != 100 ||
 		c.Rate != 2000 || c.Workers != 4 || len(c.SourceIPs) != 8 || c.SubscribePath != "/v1/sse?channel={channel}" {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c.Reader != defaultReader || (runtime.GOOS == "linux") != (c.Reader == "epoll") {
+		t.Errorf("reader %q", c.Reader)
 	}
 	if !strings.HasPrefix(c.ChannelPrefix, "bench:") || !validPrefix(c.ChannelPrefix) {
 		t.Errorf("channel prefix %q", c.ChannelPrefix)
@@ -53,13 +57,13 @@ func TestParseFlagsReportsEveryProblem(t *testing.T) {
 	_, err := parseFlags([]string{
 		"--url", "http://8.8.8.8", "--transport", "poll", "--subscribers", "0", "--channels", "-1",
 		"--rate", "-5", "--duration", "0s", "--workers", "0", "--source-ips", "10.0.0.1",
-		"--publishers", "0", "--channel-prefix", "a b", "--payload-bytes", "-1",
+		"--publishers", "0", "--channel-prefix", "a b", "--payload-bytes", "-1", "--reader", "poll",
 	}, io.Discard)
 	if err == nil {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{"--url", "--transport", "--subscribers", "--channels", "--rate", "--duration",
-		"--workers", "--source-ips", "--publishers", "--channel-prefix", "--payload-bytes"} {
+		"--workers", "--source-ips", "--publishers", "--channel-prefix", "--payload-bytes", "--reader"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s:\n%v", want, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/heraldhq/herald/api"
 	"github.com/heraldhq/herald/hub"
@@ -37,9 +40,15 @@ func TestMain(m *testing.M) {
 // a loopback test server.
 func startServer(t *testing.T) string {
 	t.Helper()
+	return startServerWith(t, ws.Config{})
+}
+
+// startServerWith is startServer with a WebSocket configuration.
+func startServerWith(t *testing.T, wsCfg ws.Config) string {
+	t.Helper()
 	h := testutil.NewHub(t, hub.Config{})
 	mux := http.NewServeMux()
-	wsh := ws.New(h, ws.Config{})
+	wsh := ws.New(h, wsCfg)
 	mux.Handle("/v1/sse", sse.New(h, sse.Config{}))
 	mux.Handle("/v1/ws", wsh)
 	api.New(h, api.Config{}).Register(mux)
@@ -139,6 +148,93 @@ func TestEndToEndInProcess(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// TestEndToEndReaders runs both subscriber readers over both transports
+// against a server that pings every 100ms and closes a connection that
+// has not answered within 200ms: the epoll reader must answer pings.
+func TestEndToEndReaders(t *testing.T) {
+	for _, reader := range []string{"epoll", "goroutine"} {
+		for _, transport := range []string{"sse", "ws"} {
+			t.Run(reader+"/"+transport, func(t *testing.T) {
+				url := startServerWith(t, ws.Config{Heartbeat: 100 * time.Millisecond})
+				code, rep, stdout, stderr := runBench(t, "--url", url, "--transport", transport, "--in-process",
+					"--reader", reader, "--subscribers", "60", "--channels", "6", "--rate", "300", "--duration", "1500ms",
+					"--drain", "500ms", "--workers", "2", "--source-ips", "127.0.0.2-127.0.0.5", "--payload-bytes", "700")
+				checkClean(t, code, rep, stdout, stderr, 60, 6)
+				if rep.Reader != reader || !strings.Contains(stdout, "("+reader+" reader)") {
+					t.Errorf("reader %q\n%s", rep.Reader, stdout)
+				}
+				if c := rep.Client; c == nil || !c.InProcess || c.CPURunS <= 0 || c.CPUPerDeliveryUS <= 0 ||
+					!strings.Contains(stdout, "client CPU") {
+					t.Errorf("client figures %+v\n%s", c, stdout)
+				}
+			})
+		}
+	}
+}
+
+// TestReadersEndOfStream: both readers count a stream the server ends
+// (SSE: the chunked body ends; WebSocket: a close frame) as a
+// disconnection, and a refused subscription (an error status) as a
+// failed connect with the server's message.
+func TestReadersEndOfStream(t *testing.T) {
+	up := websocket.Upgrader{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/sse", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Query().Get("channel"), "-1") {
+			http.Error(w, `{"error":{"code":"channel_full"}}`, http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "retry: 1000\n\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(200 * time.Millisecond)
+		io.WriteString(w, "data: {\"hello\":1}\n\n")
+	})
+	mux.HandleFunc("/v1/ws", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Query().Get("channel"), "-1") {
+			http.Error(w, `{"error":{"code":"channel_full"}}`, http.StatusServiceUnavailable)
+			return
+		}
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.WriteMessage(websocket.TextMessage, []byte(`{"hello":1}`))
+		time.Sleep(200 * time.Millisecond)
+		c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(1012, "restart"))
+		c.ReadMessage() // the client's close reply
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	for _, reader := range []string{"epoll", "goroutine"} {
+		for _, transport := range []string{"sse", "ws"} {
+			t.Run(reader+"/"+transport, func(t *testing.T) {
+				code, rep, stdout, stderr := runBench(t, "--url", srv.URL, "--transport", transport, "--in-process",
+					"--reader", reader, "--subscribers", "20", "--channels", "2", "--rate", "0", "--duration", "1s",
+					"--workers", "2", "--source-ips", "127.0.0.2-127.0.0.3")
+				if code != 1 || rep == nil {
+					t.Fatalf("exit %d, report %+v\nstdout:\n%s\nstderr:\n%s", code, rep, stdout, stderr)
+				}
+				d := rep.Delivery
+				if rep.Connect.Connected != 10 || rep.Connect.Failed != 10 || d.Disconnected != 10 || d.Other != 10 {
+					t.Errorf("connected %d, failed %d, disconnected %d, other %d; want 10 each\n%s",
+						rep.Connect.Connected, rep.Connect.Failed, d.Disconnected, d.Other, stdout)
+				}
+				var status, ended bool
+				for _, e := range rep.Errors {
+					status = status || strings.Contains(e, `connect: HTTP 503: {"error":{"code":"channel_full"}}`)
+					ended = ended || strings.Contains(e, "disconnected: ") &&
+						(strings.Contains(e, "EOF") || strings.Contains(e, "close 1012"))
+				}
+				if !status || !ended {
+					t.Errorf("errors: %q", rep.Errors)
+				}
+			})
+		}
 	}
 }
 

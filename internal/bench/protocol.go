@@ -95,6 +95,15 @@ type workerStats struct {
 	Gaps           uint64   `json:"gaps,omitempty"`
 	Other          uint64   `json:"other,omitempty"`
 	Errors         []string `json:"errors,omitempty"`
+
+	// The worker process's CPU time (user + system, seconds; the whole
+	// process for an in-process worker): now, and in the result also when
+	// the config came, when it was ready, at start and at finish.
+	CPUS       float64 `json:"cpu_s,omitempty"`
+	CPUBeginS  float64 `json:"cpu_begin_s,omitempty"`
+	CPUReadyS  float64 `json:"cpu_ready_s,omitempty"`
+	CPUStartS  float64 `json:"cpu_start_s,omitempty"`
+	CPUFinishS float64 `json:"cpu_finish_s,omitempty"`
 }
 
 // lineWriter writes JSON lines; it is safe for concurrent use.

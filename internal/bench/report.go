@@ -24,12 +24,14 @@ type Report struct {
 	SourceIPs    int     `json:"source_ips"`
 	PayloadBytes int     `json:"payload_bytes"`
 	Publishers   int     `json:"publishers"`
+	Reader       string  `json:"reader"`
 
 	Connect   ConnectReport  `json:"connect"`
 	Publish   PublishReport  `json:"publish"`
 	Delivery  DeliveryReport `json:"delivery"`
 	LatencyMS Quantiles      `json:"latency_ms"` // publish send → subscriber receive
 	Server    *ServerReport  `json:"server,omitempty"`
+	Client    *ClientReport  `json:"client,omitempty"`
 
 	Errors   []string `json:"errors,omitempty"`   // samples from workers and publisher
 	Problems []string `json:"problems,omitempty"` // why OK is false
@@ -99,12 +101,27 @@ type ServerReport struct {
 	DeliveriesPerCPUS  float64 `json:"deliveries_per_cpu_s"`
 }
 
+// ClientReport is the bench's own CPU use: the worker processes' (the
+// subscriber side) summed, and the parent's (publisher, coordination).
+// In-process workers share the parent process: their figures are then the
+// whole process's, counted once.
+type ClientReport struct {
+	InProcess         bool    `json:"in_process,omitempty"`
+	Processes         int     `json:"processes"`            // worker processes measured
+	CPUConnectS       float64 `json:"cpu_connect_s"`        // workers, config → ready (every subscriber connected or failed)
+	CPURunS           float64 `json:"cpu_run_s"`            // workers, start of publishing → end of drain
+	CPUTotalS         float64 `json:"cpu_total_s"`          // workers, whole life
+	DeliveriesPerCPUS float64 `json:"deliveries_per_cpu_s"` // deliveries / workers' run CPU
+	CPUPerDeliveryUS  float64 `json:"cpu_per_delivery_us"`
+	ParentCPURunS     float64 `json:"parent_cpu_run_s"` // the parent (publisher) over the same span
+}
+
 func newReport(c *Config) *Report {
 	return &Report{
 		URL: c.URL, Transport: c.Transport, Subscribers: c.Subscribers, Channels: c.Channels,
 		Rate: c.Rate, DurationS: c.Duration.Seconds(), WarmupS: c.Warmup.Seconds(), DrainS: c.Drain.Seconds(),
 		Workers: min(c.Workers, c.Subscribers), SourceIPs: len(c.SourceIPs), PayloadBytes: c.PayloadBytes,
-		Publishers: min(c.Publishers, c.Channels),
+		Publishers: min(c.Publishers, c.Channels), Reader: c.Reader,
 	}
 }
 
@@ -190,6 +207,36 @@ func (rep *Report) fillServer(pids []int, idle, connected, start, end serverSamp
 	rep.Server = s
 }
 
+// fillClient computes the client CPU figures from the workers' results
+// and the parent's CPU at the start of publishing and the end of the run.
+func (rep *Report) fillClient(r *runner, parentStart, parentEnd float64) {
+	c := &ClientReport{InProcess: r.cfg.InProcess, ParentCPURunS: parentEnd - parentStart}
+	for _, ws := range r.workers {
+		s := ws.result
+		if s == nil || s.CPUS <= 0 {
+			continue
+		}
+		connect, run, total := s.CPUReadyS-s.CPUBeginS, s.CPUFinishS-s.CPUStartS, s.CPUS
+		if r.cfg.InProcess {
+			// One process: the figures are the same for every worker.
+			c.CPUConnectS, c.CPURunS, c.CPUTotalS = connect, run, total
+			continue
+		}
+		c.Processes++
+		c.CPUConnectS += connect
+		c.CPURunS += run
+		c.CPUTotalS += total
+	}
+	if c.CPUTotalS <= 0 {
+		return
+	}
+	if c.CPURunS > 0 && rep.Delivery.Delivered > 0 {
+		c.DeliveriesPerCPUS = float64(rep.Delivery.Delivered) / c.CPURunS
+		c.CPUPerDeliveryUS = c.CPURunS / float64(rep.Delivery.Delivered) * 1e6
+	}
+	rep.Client = c
+}
+
 // judge sets OK and lists the problems.
 func (rep *Report) judge() {
 	add := func(cond bool, format string, a ...any) {
@@ -214,8 +261,8 @@ func (rep *Report) judge() {
 func (rep *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
-	p("herald bench: %s %s, %d subscribers over %d channels, %d workers, %d source addresses",
-		rep.Transport, rep.URL, rep.Subscribers, rep.Channels, rep.Workers, rep.SourceIPs)
+	p("herald bench: %s %s, %d subscribers over %d channels, %d workers (%s reader), %d source addresses",
+		rep.Transport, rep.URL, rep.Subscribers, rep.Channels, rep.Workers, rep.Reader, rep.SourceIPs)
 	c := rep.Connect
 	p("connect     %d/%d in %.2fs = %.0f conn/s; handshake p50 %s p99 %s max %s; %d failed",
 		c.Connected, rep.Subscribers, c.Seconds, c.PerSecond, fmtMS(c.HandshakeMS.P50), fmtMS(c.HandshakeMS.P99), fmtMS(c.HandshakeMS.Max), c.Failed)
@@ -240,6 +287,23 @@ func (rep *Report) WriteText(w io.Writer) error {
 		line := fmt.Sprintf("server CPU  connect %.2fs (%.0f conn/CPU-s)", s.CPUConnectS, s.ConnectionsPerCPUS)
 		if rep.Rate > 0 {
 			line += fmt.Sprintf("; run %.2fs (%.0f deliveries/CPU-s)", s.CPURunS, s.DeliveriesPerCPUS)
+		}
+		p("%s", line)
+	}
+	if c := rep.Client; c != nil {
+		who := fmt.Sprintf("%d worker processes", c.Processes)
+		if c.InProcess {
+			who = "in-process: the whole process"
+		}
+		line := fmt.Sprintf("client CPU  connect %.2fs", c.CPUConnectS)
+		if rep.Rate > 0 {
+			line += fmt.Sprintf("; run %.2fs (%.0f deliveries/CPU-s, %.2fµs per delivery)", c.CPURunS, c.DeliveriesPerCPUS, c.CPUPerDeliveryUS)
+		} else {
+			line += fmt.Sprintf("; hold %.2fs", c.CPURunS)
+		}
+		line += fmt.Sprintf("; total %.2fs (%s)", c.CPUTotalS, who)
+		if !c.InProcess {
+			line += fmt.Sprintf("; parent %.2fs during the run", c.ParentCPURunS)
 		}
 		p("%s", line)
 	}

@@ -92,6 +92,7 @@ func run(ctx context.Context, cfg *Config, stderr io.Writer) (*Report, error) {
 	}
 	sample(&connected)
 	startSample = connected
+	parentStart := processCPU()
 
 	start := time.Now().Add(startDelay)
 	from := start.Add(cfg.Warmup)
@@ -136,6 +137,7 @@ func run(ctx context.Context, cfg *Config, stderr io.Writer) (*Report, error) {
 	}
 	runEnd := time.Now()
 	sample(&end)
+	parentEnd := processCPU()
 
 	r.phase = "finish"
 	if err := r.broadcast(parentMsg{Type: msgFinish, Published: published}); err != nil {
@@ -146,6 +148,7 @@ func run(ctx context.Context, cfg *Config, stderr io.Writer) (*Report, error) {
 	}
 
 	rep.fill(r, start, runEnd)
+	rep.fillClient(r, parentStart, parentEnd)
 	switch {
 	case serverErr != nil:
 		rep.Errors = append(rep.Errors, fmt.Sprintf("%v (no server figures)", serverErr))

@@ -33,6 +33,16 @@ func raiseFileLimit() (uint64, error) {
 	return r.Cur, nil
 }
 
+// processCPU returns this process's user + system CPU time in seconds
+// (0 when unknown).
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
 // detach puts a worker process in its own process group, so that a
 // terminal's Ctrl-C reaches the parent only (which then ends the workers
 // by closing their stdin). (Pdeathsig is not used: it fires when the

@@ -39,10 +39,13 @@ type worker struct {
 	stderr io.Writer
 	subs   []subscriber
 
+	// The goroutine reader's clients; the epoll reader is poller.
 	sseClients []*http.Client      // by source address
 	wsDialers  []*websocket.Dialer // by source address
+	poller     poller              // nil: a goroutine per connection
 
-	conns        sync.WaitGroup // connection goroutines and the dial loop
+	slots        chan struct{}  // connection attempts in flight (maxHandshakes)
+	conns        sync.WaitGroup // connection goroutines (or event loops) and the dial loop
 	allAttempted chan struct{}  // closed when every subscriber connected or failed
 	attemptsDone atomic.Int64
 
@@ -55,6 +58,21 @@ type worker struct {
 
 	errMu sync.Mutex
 	errs  []string // guarded by errMu; the first maxErrorSamples problems
+
+	// This process's CPU time, seconds, when the config came, when every
+	// subscriber was connected, at start and at finish; set and read by
+	// the main goroutine.
+	cpuBegin, cpuReady, cpuStart, cpuFinish float64
+}
+
+// poller is the epoll reader (reader_epoll_linux.go): it connects and
+// reads the subscribers on a few event loops.
+type poller interface {
+	// start runs the event loops, as part of conns, until ctx ends.
+	start(ctx context.Context)
+	// open connects s (asynchronously); the caller holds a slot, which is
+	// released when the handshake ended.
+	open(s *subscriber, t0 time.Time)
 }
 
 // subscriber is one connection listening to one channel.
@@ -62,7 +80,7 @@ type subscriber struct {
 	channel   int    // index into the run's channels
 	name      string // channel name
 	src       int    // index into the run's source addresses
-	connected bool   // set by its goroutine before conns.Wait returns
+	connected bool   // set by its goroutine (or event loop) before conns.Wait returns
 	track     seqTracker
 }
 
@@ -136,13 +154,22 @@ func runWorker(ctx context.Context, in io.ReadCloser, out, stderr io.Writer) int
 
 func newWorker(cfg workerConfig, out *lineWriter, stderr io.Writer) (*worker, error) {
 	run := &cfg.Run
-	w := &worker{cfg: cfg, run: run, out: out, stderr: stderr, allAttempted: make(chan struct{})}
+	w := &worker{cfg: cfg, run: run, out: out, stderr: stderr, allAttempted: make(chan struct{}),
+		slots: make(chan struct{}, maxHandshakes), cpuBegin: processCPU()}
 	w.measureFrom.Store(-1)
 	w.subs = make([]subscriber, cfg.Count)
 	for k := range w.subs {
 		g := cfg.First + k
 		c := g % run.Channels
 		w.subs[k] = subscriber{channel: c, name: run.channelName(c), src: g % len(run.SourceIPs)}
+	}
+	if run.Reader == "epoll" {
+		p, err := newEpollReader(w)
+		if err != nil {
+			return nil, fmt.Errorf("epoll reader: %w", err)
+		}
+		w.poller = p
+		return w, nil
 	}
 	for _, ip := range run.SourceIPs {
 		d := sourceDialer(ip)
@@ -189,6 +216,9 @@ func (w *worker) main(ctx context.Context, msgs <-chan parentMsg) int {
 	connCtx, closeConns := context.WithCancel(ctx)
 	defer closeConns()
 
+	if w.poller != nil {
+		w.poller.start(connCtx)
+	}
 	w.conns.Add(1)
 	go func() {
 		defer w.conns.Done()
@@ -229,6 +259,7 @@ func (w *worker) main(ctx context.Context, msgs <-chan parentMsg) int {
 		stop()
 		return 1
 	}
+	w.cpuReady = processCPU()
 	if w.out.send(workerMsg{Type: msgReady, Stats: w.stats()}) != nil {
 		stop()
 		return 1
@@ -242,11 +273,13 @@ func (w *worker) main(ctx context.Context, msgs <-chan parentMsg) int {
 		case m := <-msgs:
 			switch m.Type {
 			case msgStart:
+				w.cpuStart = processCPU()
 				if m.Start != nil {
 					w.measureTo.Store(m.Start.MeasureToNS)
 					w.measureFrom.Store(m.Start.MeasureFromNS)
 				}
 			case msgFinish:
+				w.cpuFinish = processCPU()
 				stop()
 				res := w.result(m.Published)
 				if err := w.out.send(workerMsg{Type: msgResult, Stats: res}); err != nil {
@@ -258,10 +291,11 @@ func (w *worker) main(ctx context.Context, msgs <-chan parentMsg) int {
 	}
 }
 
-// dialLoop starts one goroutine per subscriber, paced by the connect rate
-// and bounded by maxHandshakes attempts in flight.
+// dialLoop starts one goroutine per subscriber (or hands it to the
+// poller), paced by the connect rate and bounded by maxHandshakes attempts
+// in flight.
 func (w *worker) dialLoop(ctx context.Context) {
-	sem := make(chan struct{}, maxHandshakes)
+	sem := w.slots
 	start := time.Now()
 	w.firstDial.Store(start.UnixNano())
 	var pace *time.Timer
@@ -298,6 +332,10 @@ func (w *worker) dialLoop(ctx context.Context) {
 			return
 		}
 		w.attempted.Add(1)
+		if w.poller != nil {
+			w.poller.open(&w.subs[k], time.Now())
+			continue
+		}
 		w.conns.Add(1)
 		go func(s *subscriber) {
 			defer w.conns.Done()
@@ -326,9 +364,7 @@ func (w *worker) serve(ctx context.Context, s *subscriber, sem <-chan struct{}) 
 	}
 	<-sem
 	if err != nil {
-		w.connectFailed.Add(1)
-		w.noteError("connect: %v", err)
-		w.attemptDone()
+		w.connectFailure(err)
 		return
 	}
 	now := time.Now()
@@ -343,6 +379,13 @@ func (w *worker) serve(ctx context.Context, s *subscriber, sem <-chan struct{}) 
 		w.disconnected.Add(1)
 		w.noteError("disconnected: %v", err)
 	}
+}
+
+// connectFailure counts a subscriber that did not connect.
+func (w *worker) connectFailure(err error) {
+	w.connectFailed.Add(1)
+	w.noteError("connect: %v", err)
+	w.attemptDone()
 }
 
 func storeMax(a *atomic.Int64, v int64) {
@@ -398,6 +441,7 @@ func (w *worker) stats() *workerStats {
 		Misrouted:     w.misrouted.Load(),
 		Gaps:          w.gaps.Load(),
 		Other:         w.other.Load(),
+		CPUS:          processCPU(),
 	}
 	w.errMu.Lock()
 	st.Errors = append([]string(nil), w.errs...)
@@ -409,6 +453,7 @@ func (w *worker) stats() *workerStats {
 // published. The connection goroutines must have ended.
 func (w *worker) result(published []channelPublished) *workerStats {
 	st := w.stats()
+	st.CPUBeginS, st.CPUReadyS, st.CPUStartS, st.CPUFinishS = w.cpuBegin, w.cpuReady, w.cpuStart, w.cpuFinish
 	for k := range w.subs {
 		s := &w.subs[k]
 		if !s.connected {
