@@ -152,16 +152,16 @@ func TestEndToEndInProcess(t *testing.T) {
 }
 
 // TestEndToEndReaders runs both subscriber readers over both transports
-// against a server that pings every 250ms and closes a connection that
-// has not answered within 500ms (well inside the 1.5s run, with room for
+// against a server that pings every 400ms and closes a connection that
+// has not answered within 800ms (well inside the 2.5s run, with room for
 // a loaded machine): the epoll reader must answer pings.
 func TestEndToEndReaders(t *testing.T) {
 	for _, reader := range []string{"epoll", "goroutine"} {
 		for _, transport := range []string{"sse", "ws"} {
 			t.Run(reader+"/"+transport, func(t *testing.T) {
-				url := startServerWith(t, ws.Config{Heartbeat: 250 * time.Millisecond})
+				url := startServerWith(t, ws.Config{Heartbeat: 400 * time.Millisecond})
 				code, rep, stdout, stderr := runBench(t, "--url", url, "--transport", transport, "--in-process",
-					"--reader", reader, "--subscribers", "60", "--channels", "6", "--rate", "300", "--duration", "1500ms",
+					"--reader", reader, "--subscribers", "60", "--channels", "6", "--rate", "300", "--duration", "2500ms",
 					"--drain", "500ms", "--workers", "2", "--source-ips", "127.0.0.2-127.0.0.5", "--payload-bytes", "700")
 				checkClean(t, code, rep, stdout, stderr, 60, 6)
 				if rep.Reader != reader || !strings.Contains(stdout, "("+reader+" reader)") {
