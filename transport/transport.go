@@ -79,3 +79,26 @@ func Open(w http.ResponseWriter, r *http.Request, h *hub.Hub, transport string, 
 	}
 	return s
 }
+
+// AppendChannels appends channel names as a JSON array. Valid channel
+// names hold nothing that needs escaping.
+func AppendChannels(dst []byte, channels []string) []byte {
+	dst = append(dst, '[')
+	for i, ch := range channels {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = append(dst, ch...)
+		dst = append(dst, '"')
+	}
+	return append(dst, ']')
+}
+
+// AppendGapControl appends {"control":"gap","channels":[...]}, the gap
+// signal of the WebSocket and forever-iframe transports.
+func AppendGapControl(dst []byte, channels []string) []byte {
+	dst = append(dst, `{"control":"gap","channels":`...)
+	dst = AppendChannels(dst, channels)
+	return append(dst, '}')
+}

@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 func buildHerald(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("builds the binary")
+		t.Skip("-short: skips building the herald binary; runs in every full `go test ./...` and in CI")
 	}
 	build.once.Do(func() {
 		if build.dir, build.err = os.MkdirTemp("", "herald-e2e-"); build.err != nil {

@@ -61,36 +61,20 @@ func (e *encoder) AppendItem(dst []byte, it *hub.Item) []byte {
 		}
 		dst = e.appendCall(dst)
 		dst = append(dst, `{"control":"subscribed","channels":`...)
-		dst = appendStrings(dst, it.Channels)
+		dst = transport.AppendChannels(dst, it.Channels)
 		dst = append(dst, "},\""...)
 		dst = e.cursor.AppendTo(dst)
 		return append(dst, "\");</script>\n"...)
 	case hub.ItemGap:
 		dst = e.appendCall(dst)
-		dst = append(dst, `{"control":"gap","channels":`...)
-		dst = appendStrings(dst, it.Channels)
-		dst = append(dst, "},\""...)
+		dst = transport.AppendGapControl(dst, it.Channels)
+		dst = append(dst, ",\""...)
 		dst = e.cursor.AppendTo(dst)
 		return append(dst, "\");</script>\n"...)
 	case hub.ItemControl:
 		return append(dst, it.Raw...)
 	}
 	return dst
-}
-
-// appendStrings appends names (channel names: nothing to escape) as a JSON
-// array.
-func appendStrings(dst []byte, names []string) []byte {
-	dst = append(dst, '[')
-	for i, s := range names {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, '"')
-		dst = append(dst, s...)
-		dst = append(dst, '"')
-	}
-	return append(dst, ']')
 }
 
 func (e *encoder) appendCall(dst []byte) []byte {

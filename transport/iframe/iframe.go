@@ -34,16 +34,6 @@ type Config struct {
 	WriteDelay time.Duration
 }
 
-func (c Config) withDefaults() Config {
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 25 * time.Second
-	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = 10 * time.Second
-	}
-	return c
-}
-
 // Handler serves GET /v1/iframe. Each connection is served by its own
 // goroutine (the one net/http gives the request) running transport.Stream.
 type Handler struct {
@@ -55,7 +45,7 @@ var _ http.Handler = (*Handler)(nil)
 
 // New returns a forever-iframe handler over h.
 func New(h *hub.Hub, cfg Config) *Handler {
-	return &Handler{hub: h, cfg: cfg.withDefaults()}
+	return &Handler{hub: h, cfg: cfg} // transport.Stream applies the defaults
 }
 
 // ServeHTTP subscribes the connection to the requested channels, replays

@@ -64,14 +64,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	wake := make(chan struct{}, 1)
-	notify := func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
-	sess := transport.Open(w, r, h.hub, "poll", req, notify)
+	wake := transport.NewWakeup()
+	sess := transport.Open(w, r, h.hub, "poll", req, wake.Wake)
 	if sess == nil {
 		return
 	}
@@ -204,16 +198,9 @@ func (a *answer) appendTo(b []byte, callback string) []byte {
 	}
 	b = append(b, `],"cursor":"`...)
 	b = a.cursor.AppendTo(b)
-	b = append(b, `","gaps":[`...)
-	for i, g := range a.gaps {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '"')
-		b = append(b, g...)
-		b = append(b, '"')
-	}
-	b = append(b, "]}"...)
+	b = append(b, `","gaps":`...)
+	b = transport.AppendChannels(b, a.gaps)
+	b = append(b, '}')
 	if callback != "" {
 		b = append(b, ");"...)
 	}

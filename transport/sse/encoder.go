@@ -54,17 +54,9 @@ func (e *encoder) AppendItem(dst []byte, it *hub.Item) []byte {
 		dst = e.appendID(dst)
 		return append(dst, '\n')
 	case hub.ItemGap:
-		// Channel names need no JSON escaping.
-		dst = append(dst, "event: gap\ndata: {\"channels\":["...)
-		for i, ch := range it.Channels {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = append(dst, '"')
-			dst = append(dst, ch...)
-			dst = append(dst, '"')
-		}
-		return append(dst, "]}\n\n"...)
+		dst = append(dst, "event: gap\ndata: {\"channels\":"...)
+		dst = transport.AppendChannels(dst, it.Channels)
+		return append(dst, "}\n\n"...)
 	case hub.ItemControl:
 		return append(dst, it.Raw...)
 	}

@@ -32,15 +32,11 @@ type Config struct {
 	WriteDelay time.Duration
 }
 
+// withDefaults sets Retry's default; transport.Stream applies the
+// defaults of Heartbeat and WriteTimeout.
 func (c Config) withDefaults() Config {
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 25 * time.Second
-	}
 	if c.Retry <= 0 {
 		c.Retry = 2 * time.Second
-	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = 10 * time.Second
 	}
 	return c
 }

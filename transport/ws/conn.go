@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/transport"
 )
 
 // disconnectTooBig ends a connection whose client sent a frame over
@@ -128,7 +129,7 @@ func (c *conn) writeItem(it *hub.Item) error {
 		c.cursor.Set(m.Channel, hub.Position{Epoch: m.Epoch, Offset: m.Offset})
 		frame = m.Envelope
 	case hub.ItemGap:
-		frame = appendGap(nil, it.Channels)
+		frame = transport.AppendGapControl(nil, it.Channels)
 	case hub.ItemSubscribed:
 		for _, p := range it.Positions {
 			c.cursor.Set(p.Channel, p.Position)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/transport"
 )
 
 // Client ops.
@@ -89,18 +90,11 @@ func hubErrorControl(err error) []byte {
 // made of channel names and URL-safe characters, so controls are appended
 // directly.
 
-// appendGap appends {"control":"gap","channels":[...]}.
-func appendGap(b []byte, channels []string) []byte {
-	b = append(b, `{"control":"gap","channels":`...)
-	b = appendChannels(b, channels)
-	return append(b, '}')
-}
-
 // appendSubscribed appends
 // {"control":"subscribed","channels":[...],"cursor":"..."}.
 func appendSubscribed(b []byte, channels []string, cur *hub.Cursor) []byte {
 	b = append(b, `{"control":"subscribed","channels":`...)
-	b = appendChannels(b, channels)
+	b = transport.AppendChannels(b, channels)
 	b = append(b, `,"cursor":"`...)
 	b = cur.AppendTo(b)
 	return append(b, `"}`...)
@@ -116,17 +110,4 @@ func appendUnsubscribed(b []byte, ch string) []byte {
 	b = append(b, unsubscribedPrefix...)
 	b = append(b, ch...)
 	return append(b, unsubscribedSuffix...)
-}
-
-func appendChannels(b []byte, channels []string) []byte {
-	b = append(b, '[')
-	for i, ch := range channels {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '"')
-		b = append(b, ch...)
-		b = append(b, '"')
-	}
-	return append(b, ']')
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/transport"
 )
 
 var opSeeds = []string{
@@ -70,7 +71,7 @@ func TestControls(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ got, want string }{
-		{string(appendGap(nil, []string{"a", "b"})), `{"control":"gap","channels":["a","b"]}`},
+		{string(transport.AppendGapControl(nil, []string{"a", "b"})), `{"control":"gap","channels":["a","b"]}`},
 		{string(appendSubscribed(nil, nil, &hub.Cursor{})), `{"control":"subscribed","channels":[],"cursor":""}`},
 		{string(appendSubscribed(nil, []string{"b"}, &cur)), `{"control":"subscribed","channels":["b"],"cursor":"a@e:3,b@f:0"}`},
 		{string(appendUnsubscribed(nil, "thread:42")), `{"control":"unsubscribed","channel":"thread:42"}`},
@@ -130,7 +131,7 @@ func FuzzClientOp(f *testing.F) {
 		}
 		for _, b := range [][]byte{
 			appendUnsubscribed(nil, op.Channel),
-			appendGap(nil, []string{op.Channel}),
+			transport.AppendGapControl(nil, []string{op.Channel}),
 			appendSubscribed(nil, []string{op.Channel}, &op.Cursor),
 		} {
 			if !json.Valid(b) {

@@ -440,7 +440,7 @@ func TestValidUTF8Prefix(t *testing.T) {
 
 func TestDecodeNoAllocs(t *testing.T) {
 	if raceEnabled || testing.Short() {
-		t.Skip("allocation counts need the pool to behave; not under -race")
+		t.Skip("allocation counts need sync.Pool to keep buffers, which -race defeats on purpose, and -short skips it; .ci/run runs it without -race")
 	}
 	op := clientFrame(OpText, true, []byte(`{"op":"subscribe","channel":"thread:42"}`))
 	frag := cat(
