@@ -19,6 +19,7 @@ import (
 
 	"github.com/heraldhq/herald/api"
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/transport/sse"
 	"github.com/heraldhq/herald/transport/ws"
@@ -36,9 +37,10 @@ type herald struct {
 func startHerald(t *testing.T, cfg hub.Config, apiCfg api.Config) *herald {
 	t.Helper()
 	h := testutil.NewHub(t, cfg)
-	wsh := ws.New(h, ws.Config{})
+	eng := testutil.Engine(t, engine.Config{})
+	wsh := ws.New(h, ws.Config{Engine: eng})
 	mux := http.NewServeMux()
-	mux.Handle("/v1/sse", sse.New(h, sse.Config{Retry: 50 * time.Millisecond}))
+	mux.Handle("/v1/sse", sse.New(h, sse.Config{Retry: 50 * time.Millisecond, Engine: eng}))
 	mux.Handle("/v1/ws", wsh)
 	mux.Handle("/", api.New(h, apiCfg))
 	srv := httptest.NewUnstartedServer(mux)
@@ -59,28 +61,36 @@ func startHerald(t *testing.T, cfg hub.Config, apiCfg api.Config) *herald {
 }
 
 // connTracker remembers accepted connections so that a test can cut them
-// all, hijacked ones included.
+// all, hijacked ones included: the engine takes a hijacked socket over
+// with a descriptor of its own, so kill shuts the socket itself down
+// (through a descriptor kept at accept), not just one descriptor of it.
 type connTracker struct {
 	net.Listener
 	mu    sync.Mutex
-	conns []net.Conn // guarded by mu
+	conns []trackedConn // guarded by mu
+}
+
+type trackedConn struct {
+	net.Conn
+	sock socketHandle
 }
 
 func (l *connTracker) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
 		l.mu.Lock()
-		l.conns = append(l.conns, c)
+		l.conns = append(l.conns, trackedConn{c, holdSocket(c)})
 		l.mu.Unlock()
 	}
 	return c, err
 }
 
-// kill closes every connection accepted so far.
+// kill cuts every connection accepted so far.
 func (l *connTracker) kill() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, c := range l.conns {
+		c.sock.shutdown()
 		_ = c.Close()
 	}
 	l.conns = nil

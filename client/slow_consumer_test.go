@@ -12,6 +12,7 @@ import (
 
 	"github.com/heraldhq/herald/api"
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/transport/sse"
 	"github.com/heraldhq/herald/transport/ws"
@@ -28,9 +29,10 @@ func TestIntegrationSlowConsumerResumesFromHistory(t *testing.T) {
 				MaxQueueBytes: 128 << 10,
 				Default:       hub.NamespaceConfig{HistorySize: 1000},
 			})
-			wsh := ws.New(h, ws.Config{WriteTimeout: 300 * time.Millisecond})
+			eng := testutil.Engine(t, engine.Config{WriteTimeout: 300 * time.Millisecond})
+			wsh := ws.New(h, ws.Config{WriteTimeout: 300 * time.Millisecond, Engine: eng})
 			mux := http.NewServeMux()
-			mux.Handle("/v1/sse", sse.New(h, sse.Config{Retry: 50 * time.Millisecond, WriteTimeout: 300 * time.Millisecond}))
+			mux.Handle("/v1/sse", sse.New(h, sse.Config{Retry: 50 * time.Millisecond, WriteTimeout: 300 * time.Millisecond, Engine: eng}))
 			mux.Handle("/v1/ws", wsh)
 			mux.Handle("/", api.New(h, api.Config{}))
 			srv := httptest.NewServer(mux)

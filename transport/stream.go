@@ -22,8 +22,9 @@ type Encoder interface {
 	// AppendOpen appends what the stream starts with (a retry hint,
 	// padding). It is called once, before any item.
 	AppendOpen(dst []byte) []byte
-	// AppendItem appends the wire form of one queued item.
-	AppendItem(dst []byte, it *hub.Item) []byte
+	// AppendItem adds the wire form of one queued item to b: bytes of its
+	// own to b.Buf, the message's shared encodings with b.Share.
+	AppendItem(b *Batch, it *hub.Item)
 	// AppendHeartbeat appends a keep-alive that clients ignore.
 	AppendHeartbeat(dst []byte) []byte
 	// AppendClose appends what the stream ends with when the hub closed
@@ -67,12 +68,9 @@ type StreamOptions struct {
 	WriteDelay time.Duration
 }
 
-// Buffers larger than these are not kept between writes, so that an idle
-// connection does not hold a burst's memory.
-const (
-	keepBufBytes = 64 << 10
-	keepItems    = 1024
-)
+// Item slices larger than this are not kept between drains, so that an
+// idle connection does not hold a burst's memory.
+const keepItems = 1024
 
 // Stream is the writer loop shared by the streaming transports (SSE,
 // forever-iframe). The caller has opened sess (with a Wake feeding
@@ -106,15 +104,17 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 	// own bookkeeping, and a stalled client is still cut off after between
 	// writeTimeout/2 and writeTimeout.
 	var deadline time.Time
-	write := func(b []byte) error {
+	write := func(segs [][]byte) error {
 		if now := time.Now(); deadline.Sub(now) < writeTimeout/2 {
 			deadline = now.Add(writeTimeout)
 			if err := rc.SetWriteDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
 				return err
 			}
 		}
-		if _, err := w.Write(b); err != nil {
-			return err
+		for _, p := range segs {
+			if _, err := w.Write(p); err != nil {
+				return err
+			}
 		}
 		return rc.Flush()
 	}
@@ -132,8 +132,10 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 		delay.Stop()
 		defer delay.Stop()
 	}
-	buf := enc.AppendOpen(make([]byte, 0, 4096))
+	var b Batch
+	b.Buf = enc.AppendOpen(make([]byte, 0, 4096))
 	var items []hub.Item
+	var segs [][]byte
 	for {
 		items = sess.Drain(items[:0])
 		delivered := 0
@@ -141,31 +143,31 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 			if items[i].Kind == hub.ItemMessage {
 				delivered++
 			}
-			buf = enc.AppendItem(buf, &items[i])
+			enc.AppendItem(&b, &items[i])
 		}
 		clear(items) // drop message references until the next drain
 		if cap(items) > keepItems {
 			items = nil
 		}
-		if len(buf) > 0 {
-			if err := write(buf); err != nil {
+		if b.Len() > 0 {
+			segs = b.Segments(segs[:0])
+			err := write(segs)
+			clear(segs)
+			b.Reset()
+			if err != nil {
 				sess.Close(hub.DisconnectWriteError)
 				d, _ := sess.Closed()
 				return d
 			}
 			sess.Delivered(delivered)
 			wrote = true
-			if cap(buf) > keepBufBytes {
-				buf = make([]byte, 0, 4096)
-			}
-			buf = buf[:0]
 		}
 
 		if d, closed := sess.Closed(); closed {
 			// The hub closed the session (its queue is already dropped):
 			// say goodbye if the transport has something to say, and end.
-			if buf = enc.AppendClose(buf, d); len(buf) > 0 {
-				_ = write(buf)
+			if b.Buf = enc.AppendClose(b.Buf, d); b.Len() > 0 {
+				_ = write(b.Segments(segs[:0]))
 			}
 			return d
 		}
@@ -185,7 +187,7 @@ func Stream(ctx context.Context, w http.ResponseWriter, rc *http.ResponseControl
 			}
 		case <-ticker.C:
 			if !wrote {
-				buf = enc.AppendHeartbeat(buf)
+				b.Buf = enc.AppendHeartbeat(b.Buf)
 			}
 			wrote = false
 		}

@@ -33,7 +33,11 @@ func (lineEncoder) AppendHeartbeat(dst []byte) []byte {
 func (lineEncoder) AppendClose(dst []byte, d hub.Disconnect) []byte {
 	return append(dst, "close "+d.Reason+"\n"...)
 }
-func (lineEncoder) AppendItem(dst []byte, it *hub.Item) []byte {
+func (lineEncoder) AppendItem(b *transport.Batch, it *hub.Item) {
+	b.Buf = appendLine(b.Buf, it)
+}
+
+func appendLine(dst []byte, it *hub.Item) []byte {
 	switch it.Kind {
 	case hub.ItemMessage:
 		dst = append(dst, fmt.Sprintf("message %s %d ", it.Msg.Channel, it.Msg.Offset)...)

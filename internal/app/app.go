@@ -17,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/api"
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/transport/iframe"
 	"github.com/heraldhq/herald/transport/poll"
 	"github.com/heraldhq/herald/transport/sse"
@@ -62,6 +63,7 @@ type App struct {
 	readHeaderTimeout time.Duration
 
 	hub     *hub.Hub
+	engine  *engine.Engine
 	ws      *ws.Handler
 	handler http.Handler
 
@@ -104,7 +106,20 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 	}
 	a.hub = h
 
+	eng, err := engine.New(engine.Config{
+		Heartbeat:    min(cfg.SSE.Heartbeat, cfg.WS.Heartbeat, cfg.Iframe.Heartbeat),
+		WriteTimeout: cfg.WriteTimeout,
+		Goroutines:   cfg.Engine == "goroutines",
+		Logger:       log,
+	})
+	if err != nil {
+		_ = h.Shutdown(context.Background())
+		return nil, fmt.Errorf("app: starting the connection engine: %w", err)
+	}
+	a.engine = eng
+
 	a.ws = ws.New(h, ws.Config{
+		Engine:          eng,
 		Heartbeat:       cfg.WS.Heartbeat,
 		WriteTimeout:    cfg.WriteTimeout,
 		MaxMessageBytes: int64(cfg.WS.MaxMessageBytes),
@@ -125,6 +140,7 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		Retry:        cfg.SSE.Retry,
 		WriteTimeout: cfg.WriteTimeout,
 		WriteDelay:   cfg.WriteDelay,
+		Engine:       eng,
 	}))
 	mux.Handle("/v1/ws", a.ws)
 	mux.Handle("/v1/poll", poll.New(h, poll.Config{Timeout: cfg.Poll.Timeout}))
@@ -132,6 +148,7 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		Heartbeat:    cfg.Iframe.Heartbeat,
 		WriteTimeout: cfg.WriteTimeout,
 		WriteDelay:   cfg.WriteDelay,
+		Engine:       eng,
 	}))
 	a.handler = api.JSONErrors(mux)
 	return a, nil
@@ -246,6 +263,9 @@ func (a *App) shutdown(ctx context.Context) error {
 	}
 	if err := a.ws.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("websocket: %w", err))
+	}
+	if err := a.engine.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("connections: %w", err))
 	}
 	if httpDone != nil {
 		if err := <-httpDone; err != nil {

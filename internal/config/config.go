@@ -57,9 +57,15 @@ type Config struct {
 	// WriteDelay lets messages for one subscriber gather for this long so
 	// that they leave in one write: fewer system calls per delivery on
 	// both ends, for up to this much more latency. Zero (the default)
-	// writes at once. Applies to SSE and forever-iframe (the WebSocket
-	// library writes every frame with its own system call).
+	// writes at once. Applies to SSE and forever-iframe connections served
+	// without the engine (HTTP/2).
 	WriteDelay time.Duration `yaml:"write_delay"`
+	// Engine is how SSE, WebSocket and forever-iframe connections run
+	// after their handshake: "epoll" (the default) holds them with no
+	// goroutine per connection (one poller, a few writers, one timer
+	// wheel); "goroutines" gives each connection a reader and a writer
+	// goroutine. epoll falls back to goroutines where it is unavailable.
+	Engine string `yaml:"engine"`
 	// IdempotencyWindow is how long a publish idempotency key is
 	// remembered. Zero means 5m.
 	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
@@ -153,6 +159,7 @@ const (
 	DefaultDataDir                  = "./data"
 	DefaultLogLevel                 = "info"
 	DefaultLogFormat                = "text"
+	DefaultEngine                   = "epoll"
 	DefaultShutdownTimeout          = 10 * time.Second
 	DefaultWriteTimeout             = 10 * time.Second
 	DefaultIdempotencyWindow        = 5 * time.Minute
@@ -177,6 +184,7 @@ func (c Config) Defaults() Config {
 	setDefault(&c.DataDir, DefaultDataDir)
 	setDefault(&c.LogLevel, DefaultLogLevel)
 	setDefault(&c.LogFormat, DefaultLogFormat)
+	setDefault(&c.Engine, DefaultEngine)
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.IdempotencyWindow, DefaultIdempotencyWindow)
@@ -232,6 +240,9 @@ func (c Config) Validate() error {
 	}
 	if !slices.Contains([]string{"text", "json"}, c.LogFormat) {
 		bad("log_format", "%q is not text or json", c.LogFormat)
+	}
+	if !slices.Contains([]string{"epoll", "goroutines"}, c.Engine) {
+		bad("engine", "%q is not epoll or goroutines", c.Engine)
 	}
 
 	positive := func(key string, d time.Duration) {

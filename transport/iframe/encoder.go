@@ -43,16 +43,23 @@ func (e *encoder) AppendOpen(dst []byte) []byte { return append(dst, prelude...)
 // AppendItem implements transport.Encoder. Envelopes are safe inside
 // <script> (the hub escapes <, > and &), and channel names, epochs and
 // cursors hold no character special in HTML or a JavaScript string.
-func (e *encoder) AppendItem(dst []byte, it *hub.Item) []byte {
-	switch it.Kind {
-	case hub.ItemMessage:
+func (e *encoder) AppendItem(b *transport.Batch, it *hub.Item) {
+	if it.Kind == hub.ItemMessage {
 		m := it.Msg
 		e.cursor.Set(m.Channel, hub.Position{Epoch: m.Epoch, Offset: m.Offset})
-		dst = e.appendCall(dst)
-		dst = append(dst, m.Envelope...)
-		dst = append(dst, ",\""...)
-		dst = e.cursor.AppendTo(dst)
-		return append(dst, "\");</script>\n"...)
+		b.Buf = e.appendCall(b.Buf)
+		b.Share(m.Envelope)
+		b.Buf = append(b.Buf, ",\""...)
+		b.Buf = e.cursor.AppendTo(b.Buf)
+		b.Buf = append(b.Buf, "\");</script>\n"...)
+		return
+	}
+	b.Buf = e.appendControl(b.Buf, it)
+}
+
+// appendControl appends an item other than a message.
+func (e *encoder) appendControl(dst []byte, it *hub.Item) []byte {
+	switch it.Kind {
 	case hub.ItemSubscribed:
 		// The page learns its cursor now, not with the next message: a
 		// reload before any message must still resume, not start live.

@@ -31,11 +31,11 @@ func TestEncoderWireFormat(t *testing.T) {
 		got  []byte
 		want string
 	}{
-		{"gap", e.AppendItem(nil, &hub.Item{Kind: hub.ItemGap, Channels: []string{"a", "b"}}),
+		{"gap", appendItem(e, &hub.Item{Kind: hub.ItemGap, Channels: []string{"a", "b"}}),
 			`<script>parent.herald({"control":"gap","channels":["a","b"]},"b@f:3");</script>` + "\n"},
-		{"message", e.AppendItem(nil, &hub.Item{Kind: hub.ItemMessage, Msg: m}),
+		{"message", appendItem(e, &hub.Item{Kind: hub.ItemMessage, Msg: m}),
 			`<script>parent.herald(` + string(m.Envelope) + `,"b@f:3,a@e:7");</script>` + "\n"},
-		{"subscribed", e.AppendItem(nil, &hub.Item{Kind: hub.ItemSubscribed, Channels: []string{"b"}, Positions: []hub.CursorEntry{
+		{"subscribed", appendItem(e, &hub.Item{Kind: hub.ItemSubscribed, Channels: []string{"b"}, Positions: []hub.CursorEntry{
 			{Channel: "b", Position: hub.Position{Epoch: "f", Offset: 4}}}}),
 			`<script>parent.herald({"control":"subscribed","channels":["b"]},"b@f:4,a@e:7");</script>` + "\n"},
 		{"heartbeat", e.AppendHeartbeat(nil), "<!-- -->\n"},
@@ -52,7 +52,14 @@ func TestEncoderWireFormat(t *testing.T) {
 	// The subscribed positions reach the next message's cursor.
 	m2 := &hub.Message{Message: broker.Message{Channel: "a", Epoch: "e", Offset: 8, Type: "t", Time: time.Unix(0, 0)}}
 	m2.Seal()
-	if got := string(e.AppendItem(nil, &hub.Item{Kind: hub.ItemMessage, Msg: m2})); !strings.HasSuffix(got, `,"b@f:4,a@e:8");</script>`+"\n") {
+	if got := string(appendItem(e, &hub.Item{Kind: hub.ItemMessage, Msg: m2})); !strings.HasSuffix(got, `,"b@f:4,a@e:8");</script>`+"\n") {
 		t.Errorf("message after subscribed: %q", got)
 	}
+}
+
+// appendItem returns the flattened wire form of it.
+func appendItem(e *encoder, it *hub.Item) []byte {
+	var b transport.Batch
+	e.AppendItem(&b, it)
+	return b.AppendTo(nil)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/transport"
+	"github.com/heraldhq/herald/transport/engine"
 )
 
 // TransportName is the transport's name in the hub's connection counts.
@@ -30,12 +31,16 @@ type Config struct {
 	WriteTimeout time.Duration
 	// WriteDelay, when positive, lets messages gather for this long after
 	// a wake-up so that they leave in one write (fewer system calls, up to
-	// WriteDelay more latency). Zero writes at once.
+	// WriteDelay more latency). Zero writes at once. It applies to
+	// connections served without the engine.
 	WriteDelay time.Duration
+	// Engine, when set, runs HTTP/1.x connections after the handshake
+	// (WriteTimeout is then the engine's). Nil serves every
+	// connection on its own goroutine.
+	Engine *engine.Engine
 }
 
-// Handler serves GET /v1/iframe. Each connection is served by its own
-// goroutine (the one net/http gives the request) running transport.Stream.
+// Handler serves GET /v1/iframe, on the engine when it has one.
 type Handler struct {
 	hub *hub.Hub
 	cfg Config
@@ -65,21 +70,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	wake := transport.NewWakeup()
-	sess := transport.Open(w, r, h.hub, TransportName, req, wake.Wake)
-	if sess == nil {
-		return
-	}
 	hd := w.Header()
 	hd.Set("Content-Type", "text/html; charset=utf-8")
 	hd.Set("Cache-Control", "no-cache")
 	hd.Set("X-Accel-Buffering", "no")
 	hd.Set("X-Content-Type-Options", "nosniff")
-	transport.Stream(r.Context(), w, http.NewResponseController(w), sess, transport.StreamOptions{
-		Encoder:      newEncoder(req, callback),
-		Wake:         wake,
-		Heartbeat:    h.cfg.Heartbeat,
-		WriteTimeout: h.cfg.WriteTimeout,
-		WriteDelay:   h.cfg.WriteDelay,
+	engine.ServeStream(h.cfg.Engine, w, r, engine.StreamRequest{
+		Hub:       h.hub,
+		Transport: TransportName,
+		Request:   req,
+		Options: transport.StreamOptions{
+			Encoder:      newEncoder(req, callback),
+			Heartbeat:    h.cfg.Heartbeat,
+			WriteTimeout: h.cfg.WriteTimeout,
+			WriteDelay:   h.cfg.WriteDelay,
+		},
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/transport/iframe"
 )
 
@@ -33,6 +34,7 @@ type server struct {
 func startServer(t *testing.T, hcfg hub.Config, cfg iframe.Config) *server {
 	t.Helper()
 	h := testutil.NewHub(t, hcfg)
+	cfg.Engine = testutil.Engine(t, engine.Config{Heartbeat: cfg.Heartbeat, WriteTimeout: cfg.WriteTimeout})
 	srv := httptest.NewServer(iframe.New(h, cfg))
 	t.Cleanup(srv.Close)
 	tr := &http.Transport{}

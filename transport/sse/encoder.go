@@ -37,30 +37,30 @@ func (e *encoder) AppendOpen(dst []byte) []byte {
 	return appendRetry(dst, e.retryMS)
 }
 
-// AppendItem implements transport.Encoder.
-func (e *encoder) AppendItem(dst []byte, it *hub.Item) []byte {
+// AppendItem implements transport.Encoder. A message is its "id:" line,
+// built here, followed by its shared SSE frame.
+func (e *encoder) AppendItem(b *transport.Batch, it *hub.Item) {
 	switch it.Kind {
 	case hub.ItemMessage:
 		m := it.Msg
 		e.cursor.Set(m.Channel, hub.Position{Epoch: m.Epoch, Offset: m.Offset})
-		dst = e.appendID(dst)
-		return append(dst, m.SSE()...)
+		b.Buf = e.appendID(b.Buf)
+		b.Share(m.SSE())
 	case hub.ItemSubscribed:
 		// An id with no data sets the browser's last event id without
 		// dispatching an event.
 		for _, p := range it.Positions {
 			e.cursor.Set(p.Channel, p.Position)
 		}
-		dst = e.appendID(dst)
-		return append(dst, '\n')
+		b.Buf = e.appendID(b.Buf)
+		b.Buf = append(b.Buf, '\n')
 	case hub.ItemGap:
-		dst = append(dst, "event: gap\ndata: {\"channels\":"...)
-		dst = transport.AppendChannels(dst, it.Channels)
-		return append(dst, "}\n\n"...)
+		b.Buf = append(b.Buf, "event: gap\ndata: {\"channels\":"...)
+		b.Buf = transport.AppendChannels(b.Buf, it.Channels)
+		b.Buf = append(b.Buf, "}\n\n"...)
 	case hub.ItemControl:
-		return append(dst, it.Raw...)
+		b.Buf = append(b.Buf, it.Raw...)
 	}
-	return dst
 }
 
 func (e *encoder) appendID(dst []byte) []byte {

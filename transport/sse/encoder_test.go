@@ -42,19 +42,19 @@ func TestEncoderWireFormat(t *testing.T) {
 	}{
 		{"open", e.AppendOpen, "retry: 2000\n\n"},
 		{"gap", func(b []byte) []byte {
-			return e.AppendItem(b, &hub.Item{Kind: hub.ItemGap, Channels: []string{"thread:42", "forum:tech"}})
+			return appendItem(e, b, &hub.Item{Kind: hub.ItemGap, Channels: []string{"thread:42", "forum:tech"}})
 		}, "event: gap\ndata: {\"channels\":[\"thread:42\",\"forum:tech\"]}\n\n"},
-		{"message", func(b []byte) []byte { return e.AppendItem(b, &hub.Item{Kind: hub.ItemMessage, Msg: m}) },
+		{"message", func(b []byte) []byte { return appendItem(e, b, &hub.Item{Kind: hub.ItemMessage, Msg: m}) },
 			"id: forum:tech@x9q2m4a1:5,thread:42@k3j4h5g6:17\nevent: post.created\ndata: " + string(m.Envelope) + "\n\n"},
 		{"subscribed", func(b []byte) []byte {
-			return e.AppendItem(b, &hub.Item{Kind: hub.ItemSubscribed, Channels: []string{"thread:42", "forum:tech"},
+			return appendItem(e, b, &hub.Item{Kind: hub.ItemSubscribed, Channels: []string{"thread:42", "forum:tech"},
 				Positions: []hub.CursorEntry{
 					{Channel: "thread:42", Position: hub.Position{Epoch: "k3j4h5g6", Offset: 17}},
 					{Channel: "forum:tech", Position: hub.Position{Epoch: "x9q2m4a1", Offset: 6}},
 				}})
 		}, "id: forum:tech@x9q2m4a1:6,thread:42@k3j4h5g6:17\n\n"},
 		{"control", func(b []byte) []byte {
-			return e.AppendItem(b, &hub.Item{Kind: hub.ItemControl, Raw: []byte("event: x\ndata: {}\n\n")})
+			return appendItem(e, b, &hub.Item{Kind: hub.ItemControl, Raw: []byte("event: x\ndata: {}\n\n")})
 		}, "event: x\ndata: {}\n\n"},
 		{"heartbeat", e.AppendHeartbeat, ":\n\n"},
 		{"slow consumer close", func(b []byte) []byte { return e.AppendClose(b, hub.DisconnectSlowConsumer) }, ""},
@@ -78,13 +78,14 @@ func TestEncoderWireFormat(t *testing.T) {
 // bytes plus the connection's id line.
 func TestEncoderSharesMessageBytes(t *testing.T) {
 	e := newEncoder(request(t, "", "a", "b"), time.Second)
-	e.AppendItem(nil, &hub.Item{Kind: hub.ItemSubscribed, Positions: []hub.CursorEntry{
+	appendItem(e, nil, &hub.Item{Kind: hub.ItemSubscribed, Positions: []hub.CursorEntry{
 		{Channel: "a", Position: hub.Position{Epoch: "e", Offset: 1}},
 		{Channel: "b", Position: hub.Position{Epoch: "f", Offset: 1}},
 	}})
 	it := hub.Item{Kind: hub.ItemMessage, Msg: sealed("a", "e", 2, "t", `{"k":"v"}`)}
-	buf := make([]byte, 0, 4096)
-	if n := testing.AllocsPerRun(100, func() { buf = e.AppendItem(buf[:0], &it) }); n != 0 {
+	var b transport.Batch
+	b.Buf = make([]byte, 0, 4096)
+	if n := testing.AllocsPerRun(100, func() { b.Reset(); e.AppendItem(&b, &it) }); n != 0 {
 		t.Fatalf("%v allocations per encoded message, want 0", n)
 	}
 }
@@ -92,10 +93,18 @@ func TestEncoderSharesMessageBytes(t *testing.T) {
 func BenchmarkSSEEncode(b *testing.B) {
 	e := newEncoder(request(b, "thread:42@k3j4h5g6:1,forum:tech@x9q2m4a1:5", "thread:42", "forum:tech"), time.Second)
 	it := hub.Item{Kind: hub.ItemMessage, Msg: sealed("thread:42", "k3j4h5g6", 2, "post.created", `"`+strings.Repeat("x", 1000)+`"`)}
-	buf := e.AppendItem(nil, &it)
-	b.SetBytes(int64(len(buf)))
+	var batch transport.Batch
+	b.SetBytes(int64(len(appendItem(e, nil, &it))))
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = e.AppendItem(buf[:0], &it)
+		batch.Reset()
+		e.AppendItem(&batch, &it)
 	}
+}
+
+// appendItem appends the flattened wire form of it to dst.
+func appendItem(e *encoder, dst []byte, it *hub.Item) []byte {
+	var b transport.Batch
+	e.AppendItem(&b, it)
+	return b.AppendTo(dst)
 }

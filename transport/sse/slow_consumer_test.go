@@ -20,6 +20,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/transport/sse"
 )
 
@@ -119,7 +120,7 @@ func TestSlowConsumerIsIsolated(t *testing.T) {
 		Default:       hub.NamespaceConfig{HistorySize: 1000},
 	})
 	// Default config: a write blocks for up to 10s before it fails.
-	srv := httptest.NewUnstartedServer(sse.New(h, sse.Config{}))
+	srv := httptest.NewUnstartedServer(sse.New(h, sse.Config{Engine: testutil.Engine(t, engine.Config{})}))
 	// Small kernel buffers on both sides of the stalled connection: on
 	// loopback, autotuning would otherwise absorb megabytes before the
 	// server's writer blocks.

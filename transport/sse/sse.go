@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/transport"
+	"github.com/heraldhq/herald/transport/engine"
 )
 
 // TransportName is the transport's name in the hub's connection counts.
@@ -28,8 +29,13 @@ type Config struct {
 	WriteTimeout time.Duration
 	// WriteDelay, when positive, lets messages gather for this long after
 	// a wake-up so that they leave in one write (fewer system calls, up to
-	// WriteDelay more latency). Zero writes at once.
+	// WriteDelay more latency). Zero writes at once. It applies to
+	// connections served without the engine.
 	WriteDelay time.Duration
+	// Engine, when set, runs HTTP/1.x connections after the handshake
+	// (WriteTimeout is then the engine's). Nil serves every
+	// connection on its own goroutine.
+	Engine *engine.Engine
 }
 
 // withDefaults sets Retry's default; transport.Stream applies the
@@ -41,8 +47,7 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Handler serves GET /v1/sse. Each connection is served by its own
-// goroutine (the one net/http gives the request) running transport.Stream.
+// Handler serves GET /v1/sse, on the engine when it has one.
 type Handler struct {
 	hub *hub.Hub
 	cfg Config
@@ -63,20 +68,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	wake := transport.NewWakeup()
-	sess := transport.Open(w, r, h.hub, TransportName, req, wake.Wake)
-	if sess == nil {
-		return
-	}
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-cache")
 	hd.Set("X-Accel-Buffering", "no")
-	transport.Stream(r.Context(), w, http.NewResponseController(w), sess, transport.StreamOptions{
-		Encoder:      newEncoder(req, h.cfg.Retry),
-		Wake:         wake,
-		Heartbeat:    h.cfg.Heartbeat,
-		WriteTimeout: h.cfg.WriteTimeout,
-		WriteDelay:   h.cfg.WriteDelay,
+	engine.ServeStream(h.cfg.Engine, w, r, engine.StreamRequest{
+		Hub:       h.hub,
+		Transport: TransportName,
+		Request:   req,
+		Options: transport.StreamOptions{
+			Encoder:      newEncoder(req, h.cfg.Retry),
+			Heartbeat:    h.cfg.Heartbeat,
+			WriteTimeout: h.cfg.WriteTimeout,
+			WriteDelay:   h.cfg.WriteDelay,
+		},
 	})
 }

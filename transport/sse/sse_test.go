@@ -19,6 +19,7 @@ import (
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/transport/sse"
 )
 
@@ -36,6 +37,7 @@ type server struct {
 func startServer(t *testing.T, hcfg hub.Config, cfg sse.Config) *server {
 	t.Helper()
 	h := testutil.NewHub(t, hcfg)
+	cfg.Engine = testutil.Engine(t, engine.Config{Heartbeat: cfg.Heartbeat, WriteTimeout: cfg.WriteTimeout})
 	srv := httptest.NewServer(sse.New(h, cfg))
 	t.Cleanup(srv.Close)
 	tr := &http.Transport{}

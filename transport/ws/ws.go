@@ -3,39 +3,51 @@
 // frames and the client sends subscribe / unsubscribe ops (see
 // docs/protocol.md).
 //
-// Each connection has two goroutines, both tracked by the Handler: the
-// writer (the request's own goroutine after the upgrade) drains the hub
-// session's queue, pings, and owns the end of the connection; the reader
-// reads client frames and turns ops into session calls.
+// The handshake is net/http's; then the connection runs on the engine
+// (package engine): frames are decoded by wsframe's incremental decoder as
+// bytes arrive, so a client that trickles half a frame holds no goroutine
+// and stalls nobody, and an op that reads history runs on a goroutine that
+// exists only while it does.
 package ws
 
 import (
 	"context"
+	"encoding/base64"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/transport"
+	"github.com/heraldhq/herald/transport/engine"
+	"github.com/heraldhq/herald/transport/ws/wsframe"
 )
+
+// TransportName is the transport's name in the hub's connection counts.
+const TransportName = "ws"
 
 // Config configures a Handler. The zero value works.
 type Config struct {
-	// Heartbeat is the ping interval; a client that sends no pong (or any
-	// other frame) within two intervals is closed. Zero means 25s.
+	// Heartbeat is the ping interval; a client that sends no frame (a pong
+	// answers each ping) within two intervals is closed with 1001. Zero
+	// means 25s.
 	Heartbeat time.Duration
-	// WriteTimeout bounds each frame write; a write that takes longer ends
-	// the connection. Zero means 10s.
+	// WriteTimeout bounds how long written frames may wait for the client
+	// to read them; a client that takes longer is disconnected. Zero means
+	// 10s. With a shared Engine, the engine's WriteTimeout applies.
 	WriteTimeout time.Duration
-	// MaxMessageBytes is the largest frame a client may send; a larger one
-	// closes the connection with 1009. Zero means 4096.
+	// MaxMessageBytes is the largest message a client may send; a larger
+	// one closes the connection with 1009 before it is buffered. Zero
+	// means 4096.
 	MaxMessageBytes int64
 	// CheckOrigin reports whether a request's Origin is allowed. Nil allows
 	// any origin.
 	CheckOrigin func(*http.Request) bool
+	// Engine runs the connections after the handshake. Nil gives the
+	// handler an engine of its own, which its Shutdown stops.
+	Engine *engine.Engine
 }
 
 // withDefaults returns c with every zero (or negative) field set to its
@@ -56,144 +68,118 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// closeGrace is how long the writer waits for the client to answer its
-// close frame before it closes the socket.
-const closeGrace = time.Second
-
 var _ http.Handler = (*Handler)(nil)
 
 // Handler serves GET /v1/ws. It is safe for concurrent use.
 type Handler struct {
-	hub      *hub.Hub
-	cfg      Config
-	upgrader websocket.Upgrader
+	hub       *hub.Hub
+	cfg       Config
+	engine    *engine.Engine
+	ownEngine bool
+	decoder   wsframe.Config
 
-	mu       sync.Mutex
-	closing  bool                         // guarded by mu; no connection starts once set
-	wg       sync.WaitGroup               // connection goroutines; Add only under mu with !closing
-	sockets  map[*websocket.Conn]struct{} // upgraded connections; guarded by mu
-	done     chan struct{}                // closed by Shutdown
-	doneOnce sync.Once
+	mu      sync.Mutex
+	closing bool // guarded by mu; no connection starts once set
 }
 
 // New returns a WebSocket handler over h.
 func New(h *hub.Hub, cfg Config) *Handler {
 	cfg = cfg.withDefaults()
-	return &Handler{
-		hub: h,
-		cfg: cfg,
-		upgrader: websocket.Upgrader{
-			// The origin is checked before the session opens.
-			CheckOrigin: func(*http.Request) bool { return true },
-			// Idle connections hold no write buffer.
-			WriteBufferPool: &sync.Pool{},
-			Error:           upgradeError,
-		},
-		done:    make(chan struct{}),
-		sockets: make(map[*websocket.Conn]struct{}),
+	wh := &Handler{
+		hub:     h,
+		cfg:     cfg,
+		engine:  cfg.Engine,
+		decoder: wsframe.Config{MaxMessageBytes: int(cfg.MaxMessageBytes), RejectBinary: true},
 	}
-}
-
-// upgradeError writes a failed handshake as Herald's JSON error.
-func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
-	code := httpx.CodeInvalidRequest
-	switch status {
-	case http.StatusMethodNotAllowed:
-		code = httpx.CodeMethodNotAllowed
-	case http.StatusForbidden:
-		code = httpx.CodeForbidden
-	case http.StatusInternalServerError:
-		code = httpx.CodeInternal
+	if wh.engine == nil {
+		ecfg := engine.Config{Heartbeat: cfg.Heartbeat, WriteTimeout: cfg.WriteTimeout}
+		e, err := engine.New(ecfg)
+		if err != nil { // no epoll instance to be had: goroutine mode cannot fail
+			ecfg.Goroutines = true
+			e, _ = engine.New(ecfg)
+		}
+		wh.engine, wh.ownEngine = e, true
 	}
-	httpx.Error(w, status, code, reason.Error())
+	return wh
 }
 
 // ServeHTTP checks the request, opens the hub session (replaying from the
-// cursor), upgrades, and runs the connection until it ends. Bad input is a
-// JSON HTTP error, never a WebSocket close.
+// cursor), completes the handshake and hands the connection to the
+// engine. Bad input is a JSON HTTP error, never a WebSocket close.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req, ok := transport.ParseRequest(w, r, false)
 	if !ok {
 		return
 	}
-	if !websocket.IsWebSocketUpgrade(r) {
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest, "expected a WebSocket upgrade request")
+		return
+	}
+	if r.Header.Get("Sec-WebSocket-Version") != "13" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		httpx.Error(w, http.StatusUpgradeRequired, httpx.CodeInvalidRequest, "unsupported WebSocket version: want 13")
+		return
+	}
+	key := r.Header.Get("Sec-WebSocket-Key")
+	if k, err := base64.StdEncoding.DecodeString(key); err != nil || len(k) != 16 {
+		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest, "Sec-WebSocket-Key must be 16 bytes in base64")
 		return
 	}
 	if !h.cfg.CheckOrigin(r) {
 		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, "origin not allowed")
 		return
 	}
-	if !h.track() {
+	h.mu.Lock()
+	closing := h.closing
+	h.mu.Unlock()
+	if closing {
 		httpx.HubError(w, hub.ErrShuttingDown)
 		return
 	}
-	defer h.wg.Done()
 
-	c := newConn(h)
-	sess := transport.Open(w, r, h.hub, "ws", req, c.notify)
+	p := &protocol{h: h}
+	p.dec.Reset(h.decoder)
+	c := h.engine.NewConn(p, engine.ConnOptions{Heartbeat: h.cfg.Heartbeat, ReadTimeout: 2 * h.cfg.Heartbeat})
+	sess := transport.Open(w, r, h.hub, TransportName, req, c.Wake)
 	if sess == nil {
 		return
 	}
-	ws, err := h.upgrader.Upgrade(w, r, nil)
+	hd := w.Header()
+	hd.Set("Upgrade", "websocket")
+	hd.Set("Connection", "Upgrade")
+	hd.Set("Sec-WebSocket-Accept", wsframe.AcceptKey(key))
+	nc, head, buffered, err := transport.Hijack(w, http.StatusSwitchingProtocols)
 	if err != nil {
-		sess.Close(hub.DisconnectBadRequest) // Upgrade has answered the request
+		sess.Close(hub.DisconnectBadRequest)
+		httpx.Error(w, http.StatusInternalServerError, httpx.CodeInternal, "connection cannot be upgraded")
 		return
 	}
-	h.mu.Lock()
-	h.sockets[ws] = struct{}{}
-	h.mu.Unlock()
-	defer func() {
-		h.mu.Lock()
-		delete(h.sockets, ws)
-		h.mu.Unlock()
-	}()
-	c.serve(r.Context(), sess, ws)
+	_ = h.engine.Attach(c, sess, nc, head, buffered) // on error Attach has closed both
 }
 
-// track counts a new connection goroutine unless Shutdown has begun.
-func (h *Handler) track() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closing {
-		return false
+// headerHasToken reports whether a comma-separated header has token,
+// case-insensitively.
+func headerHasToken(hd http.Header, name, token string) bool {
+	for _, v := range hd.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
 	}
-	h.wg.Add(1)
-	return true
+	return false
 }
 
-// goFunc runs fn in a goroutine that Shutdown waits for. The caller is a
-// tracked goroutine, so the WaitGroup cannot be at zero here.
-func (h *Handler) goFunc(fn func()) {
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		fn()
-	}()
-}
-
-// Shutdown refuses new connections, closes every open one with 1012 (the
-// hub's Shutdown normally has done so already by closing their sessions),
-// and waits for every connection goroutine to end. It is idempotent. If ctx
-// ends first — a client that stopped reading keeps its writer in a write —
-// it closes the remaining sockets (http.Server does not know hijacked
-// connections), so their goroutines end promptly, and returns ctx.Err().
+// Shutdown refuses new connections; when the handler owns its engine it
+// shuts the engine down, which closes every connection with 1012 (the
+// hub's Shutdown normally has done so already) and waits for them to end.
+// It is idempotent.
 func (h *Handler) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	h.closing = true
 	h.mu.Unlock()
-	h.doneOnce.Do(func() { close(h.done) })
-	waited := make(chan struct{})
-	go func() { h.wg.Wait(); close(waited) }()
-	select {
-	case <-waited:
-		return nil
-	case <-ctx.Done():
-		h.mu.Lock()
-		for ws := range h.sockets {
-			ws.NetConn().Close()
-		}
-		h.mu.Unlock()
-		return ctx.Err()
+	if h.ownEngine {
+		return h.engine.Shutdown(ctx)
 	}
+	return nil
 }

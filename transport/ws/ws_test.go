@@ -21,6 +21,7 @@ import (
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/transport/ws"
 )
 
@@ -28,9 +29,10 @@ const wait = 5 * time.Second
 
 // server is a WebSocket handler over a real hub behind a real listener.
 type server struct {
-	hub *hub.Hub
-	ws  *ws.Handler
-	srv *httptest.Server
+	hub    *hub.Hub
+	ws     *ws.Handler
+	engine *engine.Engine // nil when the handler owns its engine
+	srv    *httptest.Server
 }
 
 // startServer starts a hub, a WebSocket handler and an HTTP server, and
@@ -43,6 +45,10 @@ func startServer(t testing.TB, hcfg hub.Config, wcfg ws.Config) *server {
 func startServerWith(t testing.TB, hcfg hub.Config, wcfg ws.Config, wrap func(net.Listener) net.Listener) *server {
 	t.Helper()
 	h := testutil.NewHub(t, hcfg)
+	if wcfg.Engine == nil {
+		wcfg.Engine = testutil.Engine(t, engine.Config{Heartbeat: wcfg.Heartbeat, WriteTimeout: wcfg.WriteTimeout})
+	}
+	eng := wcfg.Engine // nil: the handler runs its own
 	wh := ws.New(h, wcfg)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/ws", wh)
@@ -59,7 +65,16 @@ func startServerWith(t testing.TB, hcfg hub.Config, wcfg ws.Config, wrap func(ne
 			t.Errorf("ws shutdown: %v", err)
 		}
 	})
-	return &server{hub: h, ws: wh, srv: srv}
+	return &server{hub: h, ws: wh, engine: eng, srv: srv}
+}
+
+// shutdown stops the handler, then the engine it shares, as the app does.
+func (s *server) shutdown(ctx context.Context) error {
+	err := s.ws.Shutdown(ctx)
+	if s.engine != nil {
+		err = errors.Join(err, s.engine.Shutdown(ctx))
+	}
+	return err
 }
 
 func (s *server) url(query string) string {
@@ -558,7 +573,7 @@ func TestHandlerShutdownCloses1012(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		done <- s.ws.Shutdown(ctx)
+		done <- s.shutdown(ctx)
 	}()
 	c.expectClose(websocket.CloseServiceRestart)
 	if err := <-done; err != nil {
@@ -578,7 +593,7 @@ func TestShutdownTimesOut(t *testing.T) {
 	// still in its close grace period when the context ends.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s.ws.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+	if err := s.shutdown(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Shutdown = %v, want context.Canceled", err)
 	}
 	// Out of time, Shutdown closed the socket: the connection's goroutines
@@ -586,7 +601,7 @@ func TestShutdownTimesOut(t *testing.T) {
 	// timeouts, so a second Shutdown with time to spare returns nil fast.
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel2()
-	if err := s.ws.Shutdown(ctx2); err != nil {
+	if err := s.shutdown(ctx2); err != nil {
 		t.Fatalf("connection goroutines still running after the socket was closed: %v", err)
 	}
 }

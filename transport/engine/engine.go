@@ -1,0 +1,354 @@
+// Package engine runs subscriber connections after their HTTP handshake
+// without a goroutine per connection.
+//
+// A transport's handler does the handshake with net/http, opens the hub
+// session, hijacks the connection and gives it to the engine with Attach.
+// From then on the engine owns the socket:
+//
+//   - a poller goroutine waits for input on every connection at once
+//     (epoll on Linux) and hands the bytes to the connection's Protocol;
+//   - the session's Wake puts the connection on one of a few workers'
+//     queues; the worker drains the session, encodes the items into one
+//     Batch (per-connection bytes plus the messages' shared wire bytes)
+//     and writes it with one non-blocking vectored write. Only a socket
+//     that would block keeps its unsent bytes, until the poller reports it
+//     writable;
+//   - one timer wheel goroutine sends heartbeats and enforces the write,
+//     read and close timeouts of every connection.
+//
+// An idle connection is a socket, a Conn and its hub session: no
+// goroutine, no buffer. A Protocol that must do blocking work for a client
+// (a WebSocket subscribe reading history) runs it with Conn.Go, on a
+// goroutine that exists only while there is such work.
+//
+// Where the operating system offers no epoll the engine runs each
+// connection on goroutines of its own instead, with the same Protocol and
+// the same behaviour (see Config.Goroutines).
+package engine
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/transport"
+)
+
+// Config configures an Engine. The zero value works.
+type Config struct {
+	// Heartbeat is how long a connection may stay silent before the
+	// protocol's heartbeat is written: a silent connection hears from the
+	// server at least every Heartbeat plus a wheel period (Heartbeat/2 at
+	// most). Zero means 25s.
+	Heartbeat time.Duration
+	// WriteTimeout is how long a connection's unsent bytes may wait for the
+	// client to read them before the connection is closed as broken.
+	// Zero means 10s.
+	WriteTimeout time.Duration
+	// CloseGrace is how long a connection whose last bytes are written
+	// waits for the client to close its side before the socket is closed.
+	// Zero means 1s.
+	CloseGrace time.Duration
+	// Workers is the number of writer goroutines. Zero means GOMAXPROCS.
+	Workers int
+	// Goroutines runs every connection on goroutines of its own (a reader
+	// and a writer) instead of the poller and workers. It is forced where
+	// epoll is not available and meant for comparison and debugging
+	// elsewhere.
+	Goroutines bool
+	// Logger receives the engine's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 25 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.CloseGrace <= 0 {
+		c.CloseGrace = time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.GOMAXPROCS(0)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if !pollerSupported {
+		c.Goroutines = true
+	}
+	return c
+}
+
+// Protocol is a transport's part of a connection: it encodes what the
+// session queues (transport.Encoder, called by the writer under the
+// connection's lock, one call at a time) and reads what the client sends.
+type Protocol interface {
+	transport.Encoder
+	// Input is given the bytes the client sent, in order and in pieces of
+	// any size, on the engine's reader. It must not block: work that may
+	// block goes to Conn.Go. p is valid only during the call.
+	Input(c *Conn, p []byte)
+}
+
+// ErrClosed is returned by Attach once Shutdown has begun.
+var ErrClosed = errors.New("engine: shut down")
+
+// Stats are an engine's counters.
+type Stats struct {
+	// Connections is the number of connections the engine holds.
+	Connections int64
+	// Blocked is the number of connections with unsent bytes waiting for
+	// the client to read.
+	Blocked int64
+	// Writes counts vectored writes; Heartbeats the heartbeats written.
+	Writes     uint64
+	Heartbeats uint64
+}
+
+// Engine runs attached connections. It is safe for concurrent use.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	poller  *poller // nil in goroutine mode
+	workers []*worker
+	wheel   *wheel
+
+	conns      atomic.Int64
+	blocked    atomic.Int64
+	writes     atomic.Uint64
+	heartbeats atomic.Uint64
+	nextID     atomic.Uint64
+	clock      atomic.Int64 // coarse monotonic nanoseconds, advanced by the wheel
+
+	ctx    context.Context // ended by Shutdown; Conn.Go work runs under it
+	cancel context.CancelFunc
+	start  time.Time
+
+	mu      sync.Mutex
+	closing bool           // guarded by mu; Attach and Go refuse once set
+	wg      sync.WaitGroup // every goroutine the engine starts; Add under mu with !closing, or before New returns
+	live    map[*Conn]struct{}
+	idle    chan struct{} // closed when closing and live is empty; guarded by mu
+}
+
+// New starts an engine: its poller, workers and timer wheel.
+func New(cfg Config) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	e := &Engine{cfg: cfg, log: cfg.Logger, start: time.Now(), live: make(map[*Conn]struct{}), idle: make(chan struct{})}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if !cfg.Goroutines {
+		p, err := newPoller(e)
+		if err != nil {
+			return nil, err
+		}
+		e.poller = p
+		e.workers = make([]*worker, cfg.Workers)
+		for i := range e.workers {
+			e.workers[i] = newWorker(e)
+		}
+	}
+	e.wheel = newWheel(e)
+	if e.poller != nil {
+		e.wg.Add(1)
+		go func() { defer e.wg.Done(); e.poller.run() }()
+		for _, w := range e.workers {
+			e.wg.Add(1)
+			go func() { defer e.wg.Done(); w.run() }()
+		}
+	}
+	e.wg.Add(1)
+	go func() { defer e.wg.Done(); e.wheel.run() }()
+	return e, nil
+}
+
+// now returns the engine's coarse clock: nanoseconds since New, advanced
+// by the wheel at every tick and by writers.
+func (e *Engine) now() int64 { return e.clock.Load() }
+
+// tick advances the coarse clock and returns it.
+func (e *Engine) tick() int64 {
+	t := int64(time.Since(e.start))
+	e.clock.Store(t)
+	return t
+}
+
+// wallDeadline returns the wall-clock time d from now, for net.Conn
+// deadlines.
+func (e *Engine) wallDeadline(d time.Duration) time.Time { return time.Now().Add(d) }
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	return Stats{
+		Connections: e.conns.Load(),
+		Blocked:     e.blocked.Load(),
+		Writes:      e.writes.Load(),
+		Heartbeats:  e.heartbeats.Load(),
+	}
+}
+
+// ConnOptions describe a connection.
+type ConnOptions struct {
+	// Heartbeat, when positive, replaces Config.Heartbeat for this
+	// connection. The wheel checks connections about every
+	// min(Config.Heartbeat, Config.WriteTimeout)/2, so a shorter one is
+	// honoured only to that precision.
+	Heartbeat time.Duration
+	// ReadTimeout, when positive, closes the connection with
+	// hub.DisconnectTimeout when the protocol has not called Conn.Touch for
+	// that long. The heartbeat is then what the client must answer (a
+	// WebSocket ping), so it is sent every Heartbeat even on a busy
+	// connection.
+	ReadTimeout time.Duration
+}
+
+// NewConn returns a connection for proto, not yet attached. Its Wake is
+// the session's Wake: open the session with it, then Attach. Wake-ups
+// before Attach are remembered.
+func (e *Engine) NewConn(proto Protocol, opts ConnOptions) *Conn {
+	c := &Conn{e: e, proto: proto, fd: -1, slotIdx: -1, id: e.nextID.Add(1),
+		readTimeout: int64(opts.ReadTimeout), heartbeatEvery: int64(e.cfg.Heartbeat)}
+	if opts.Heartbeat > 0 {
+		c.heartbeatEvery = int64(opts.Heartbeat)
+	}
+	c.sched.Store(true) // nothing runs before Attach
+	return c
+}
+
+// Attach takes over nc, a connection hijacked from net/http whose session
+// is sess (opened with c.Wake). It writes head (the HTTP response head)
+// and the protocol's opening, then whatever the session queues; buffered
+// is input the client sent after its request that net/http had already
+// read. On error nothing is written, and sess and nc are closed.
+func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered []byte) error {
+	c.sess = sess
+	e.mu.Lock()
+	if e.closing {
+		e.mu.Unlock()
+		sess.Close(hub.DisconnectShutdown)
+		nc.Close()
+		return ErrClosed
+	}
+	e.live[c] = struct{}{}
+	e.conns.Add(1)
+	e.mu.Unlock()
+
+	now := e.now()
+	c.lastRead.Store(now)
+	c.lastWrite.Store(now)
+	c.lastBeat = now
+	c.ctrl = c.proto.AppendOpen(append(c.ctrl, head...))
+	var err error
+	if _, ok := nc.(syscall.Conn); ok && e.poller != nil {
+		err = e.poller.attach(c, nc)
+	} else { // no descriptor to poll (a wrapped connection): goroutine mode
+		err = attachGoroutines(c, nc)
+	}
+	if err != nil {
+		e.forget(c)
+		sess.Close(hub.DisconnectWriteError)
+		nc.Close()
+		return err
+	}
+	e.wheel.add(c)
+	if len(buffered) > 0 {
+		c.proto.Input(c, buffered)
+	}
+	c.sched.Store(false)
+	c.Wake()
+	return nil
+}
+
+// forget removes a dead connection from the engine's books.
+func (e *Engine) forget(c *Conn) {
+	e.mu.Lock()
+	delete(e.live, c)
+	e.conns.Add(-1)
+	if e.closing && len(e.live) == 0 {
+		select {
+		case <-e.idle:
+		default:
+			close(e.idle)
+		}
+	}
+	e.mu.Unlock()
+}
+
+// goTracked runs fn on a new goroutine that Shutdown waits for, unless
+// Shutdown has begun.
+func (e *Engine) goTracked(fn func()) bool {
+	e.mu.Lock()
+	if e.closing {
+		e.mu.Unlock()
+		return false
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Shutdown refuses new connections and closes every connection's session
+// with hub.DisconnectShutdown (the hub's Shutdown normally has done so
+// already), so that each writes its protocol's goodbye; it waits for the
+// connections to end, then stops the engine's goroutines. When ctx ends
+// first it closes the remaining sockets at once and returns ctx.Err(). It
+// is idempotent.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	e.mu.Lock()
+	first := !e.closing
+	e.closing = true
+	conns := make([]*Conn, 0, len(e.live))
+	for c := range e.live {
+		conns = append(conns, c)
+	}
+	if len(e.live) == 0 {
+		select {
+		case <-e.idle:
+		default:
+			close(e.idle)
+		}
+	}
+	e.mu.Unlock()
+	if first {
+		e.cancel()
+	}
+	for _, c := range conns {
+		c.sess.Close(hub.DisconnectShutdown)
+	}
+	var err error
+	select {
+	case <-e.idle:
+	case <-ctx.Done():
+		err = ctx.Err()
+		for _, c := range conns {
+			c.kill(hub.DisconnectShutdown)
+		}
+	}
+	if first {
+		e.wheel.stop()
+		if e.poller != nil {
+			e.poller.stop()
+			for _, w := range e.workers {
+				w.stop()
+			}
+		}
+		e.wg.Wait()
+		if e.poller != nil {
+			e.poller.close()
+		}
+	}
+	return err
+}
