@@ -22,6 +22,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/transport/engine"
 )
 
 // Config configures the API. The zero value works: no API keys (loopback
@@ -36,6 +37,8 @@ type Config struct {
 	// /readyz answers 503 when it returns false or the hub is shutting
 	// down.
 	Ready func() bool
+	// Engine, if set, is reported by /v1/status and /metrics.
+	Engine *engine.Engine
 	// BodyReadTimeout bounds reading a publish body. Zero means 30s.
 	BodyReadTimeout time.Duration
 	// Logger receives internal errors. Nil means slog.Default().

@@ -99,6 +99,26 @@ func (a *API) newMetricsHandler() http.Handler {
 			ConstLabels: prometheus.Labels{"version": a.cfg.Version},
 		}, func() float64 { return 1 }),
 	)
+	if e := a.cfg.Engine; e != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "herald_engine_connections",
+				Help: "Connections held by the connection engine (SSE, WebSocket, forever-iframe after the handshake).",
+			}, func() float64 { return float64(e.Stats().Connections) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "herald_engine_blocked",
+				Help: "Engine connections whose unsent bytes wait for the client to read.",
+			}, func() float64 { return float64(e.Stats().Blocked) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "herald_engine_writes_total",
+				Help: "Vectored writes by the engine (each carries every item a connection had queued).",
+			}, func() float64 { return float64(e.Stats().Writes) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "herald_engine_heartbeats_total",
+				Help: "Heartbeats written by the engine.",
+			}, func() float64 { return float64(e.Stats().Heartbeats) }),
+		)
+	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		Registry: reg,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelError),

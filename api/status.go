@@ -31,6 +31,20 @@ type Status struct {
 	Dropped         uint64      `json:"dropped"`
 	SlowConsumers   uint64      `json:"slow_consumers"`
 	IdempotencyKeys int         `json:"idempotency_keys"`
+	// Engine is present when connections run on the engine.
+	Engine *EngineStatus `json:"engine,omitempty"`
+}
+
+// EngineStatus is the connection engine's part of /v1/status.
+type EngineStatus struct {
+	// Mode is "epoll" or "goroutines".
+	Mode string `json:"mode"`
+	// Connections are the connections the engine holds; Blocked those
+	// waiting for their client to read.
+	Connections int64  `json:"connections"`
+	Blocked     int64  `json:"blocked"`
+	Writes      uint64 `json:"writes"`
+	Heartbeats  uint64 `json:"heartbeats"`
 }
 
 // Connections counts subscriber connections.
@@ -69,7 +83,13 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 func (a *API) summary() Status {
 	st := a.stats()
 	up := time.Since(a.started)
+	var es *EngineStatus
+	if e := a.cfg.Engine; e != nil {
+		st := e.Stats()
+		es = &EngineStatus{Mode: e.Mode(), Connections: st.Connections, Blocked: st.Blocked, Writes: st.Writes, Heartbeats: st.Heartbeats}
+	}
 	return Status{
+		Engine:          es,
 		Version:         a.cfg.Version,
 		UptimeSeconds:   up.Seconds(),
 		Uptime:          up.Round(time.Second).String(),

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -66,7 +67,7 @@ type Session struct {
 	queue    []Item               // guarded by mu
 	qbytes   int                  // bytes counted in queue and recovery buffers; guarded by mu
 	allow    int                  // replay bytes allowed over maxBytes until the next Drain; guarded by mu
-	subs     map[string]*subState // guarded by mu
+	subs     subSet               // guarded by mu
 	closed   bool                 // guarded by mu
 	reason   Disconnect           // guarded by mu
 	released bool                 // hub bookkeeping undone; guarded by mu
@@ -74,6 +75,7 @@ type Session struct {
 
 // subState is one channel's state within a session. Guarded by Session.mu.
 type subState struct {
+	channel    string
 	epoch      string
 	offset     uint64
 	recovering bool
@@ -103,16 +105,16 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		s.mu.Unlock()
 		return ErrSessionClosed
 	}
-	fresh = slices.DeleteFunc(fresh, func(ch string) bool { return s.subs[ch] != nil })
-	if len(s.subs)+len(fresh) > h.cfg.MaxChannelsPerSession {
+	fresh = slices.DeleteFunc(fresh, func(ch string) bool { return s.subs.get(ch) != nil })
+	if s.subs.len()+len(fresh) > h.cfg.MaxChannelsPerSession {
 		s.mu.Unlock()
 		return ErrTooManyChannels
 	}
-	if s.subs == nil {
-		s.subs = make(map[string]*subState, len(fresh))
-	}
-	for _, ch := range fresh {
-		s.subs[ch] = &subState{recovering: true}
+	for i, ch := range fresh {
+		// A copy: the caller's string may be a slice of a whole request
+		// line, which the session would otherwise keep alive.
+		fresh[i] = strings.Clone(ch)
+		s.subs.add(&subState{channel: fresh[i], recovering: true})
 	}
 	s.mu.Unlock()
 
@@ -175,7 +177,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 	positions := make([]CursorEntry, 0, len(fresh))
 	replay := 0
 	for i, ch := range fresh {
-		st := s.subs[ch]
+		st := s.subs.get(ch)
 		r := &rec[i]
 		switch {
 		case r.gap:
@@ -228,11 +230,11 @@ func (s *Session) rollback(registered, fresh []string) {
 	}
 	s.mu.Lock()
 	for _, ch := range fresh {
-		if st := s.subs[ch]; st != nil {
+		if st := s.subs.get(ch); st != nil {
 			for _, m := range st.buf {
 				s.qbytes -= m.Size()
 			}
-			delete(s.subs, ch)
+			s.subs.remove(ch)
 		}
 	}
 	s.mu.Unlock()
@@ -242,7 +244,7 @@ func (s *Session) rollback(registered, fresh []string) {
 // queued. It reports false if the session did not have ch.
 func (s *Session) Unsubscribe(ch string) bool {
 	s.mu.Lock()
-	st := s.subs[ch]
+	st := s.subs.get(ch)
 	if st == nil || s.closed {
 		s.mu.Unlock()
 		return false
@@ -250,7 +252,7 @@ func (s *Session) Unsubscribe(ch string) bool {
 	for _, m := range st.buf {
 		s.qbytes -= m.Size()
 	}
-	delete(s.subs, ch)
+	s.subs.remove(ch)
 	// Messages of ch still queued are dropped: a later subscribe with a
 	// cursor replays from history, and keeping them would deliver twice.
 	s.queue = slices.DeleteFunc(s.queue, func(it Item) bool {
@@ -269,9 +271,9 @@ func (s *Session) Unsubscribe(ch string) bool {
 func (s *Session) Channels() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.subs))
-	for ch := range s.subs {
-		out = append(out, ch)
+	out := make([]string, 0, s.subs.len())
+	for _, st := range s.subs.list {
+		out = append(out, st.channel)
 	}
 	return out
 }
@@ -284,7 +286,7 @@ func (s *Session) deliver(m *Message) bool {
 		s.mu.Unlock()
 		return false
 	}
-	st := s.subs[m.Channel]
+	st := s.subs.get(m.Channel)
 	if st == nil {
 		s.mu.Unlock()
 		return false
@@ -364,7 +366,7 @@ func (s *Session) dropQueueLocked() {
 			n++
 		}
 	}
-	for _, st := range s.subs {
+	for _, st := range s.subs.list {
 		n += uint64(len(st.buf))
 		st.buf = nil
 	}
@@ -407,7 +409,7 @@ func (s *Session) Drain(dst []Item) []Item {
 		s.queue = s.queue[:0]
 	}
 	s.qbytes, s.allow = 0, 0
-	for _, st := range s.subs {
+	for _, st := range s.subs.list {
 		for _, m := range st.buf {
 			s.qbytes += m.Size()
 		}
@@ -445,11 +447,11 @@ func (s *Session) Close(d Disconnect) {
 	}
 	s.released = true
 	s.dropQueueLocked()
-	chans := make([]string, 0, len(s.subs))
-	for ch := range s.subs {
-		chans = append(chans, ch)
+	chans := make([]string, 0, s.subs.len())
+	for _, st := range s.subs.list {
+		chans = append(chans, st.channel)
 	}
-	s.subs = nil
+	s.subs = subSet{}
 	s.mu.Unlock()
 	for _, ch := range chans {
 		s.hub.index.remove(ch, s)
@@ -470,4 +472,52 @@ func cursorGet(c *Cursor, ch string) (Position, bool) {
 		return Position{}, false
 	}
 	return c.Get(ch)
+}
+
+// subSet is a session's channels. Most sessions have one or a few, and a
+// map costs about 250 bytes even for one, so channels are kept in a slice
+// and indexed by a map only past subSetIndexAt.
+type subSet struct {
+	list   []*subState
+	byName map[string]*subState // nil until len(list) > subSetIndexAt
+}
+
+const subSetIndexAt = 16
+
+func (ss *subSet) len() int { return len(ss.list) }
+
+func (ss *subSet) get(ch string) *subState {
+	if ss.byName != nil {
+		return ss.byName[ch]
+	}
+	for _, st := range ss.list {
+		if st.channel == ch {
+			return st
+		}
+	}
+	return nil
+}
+
+func (ss *subSet) add(st *subState) {
+	ss.list = append(ss.list, st)
+	switch {
+	case ss.byName != nil:
+		ss.byName[st.channel] = st
+	case len(ss.list) > subSetIndexAt:
+		ss.byName = make(map[string]*subState, len(ss.list))
+		for _, x := range ss.list {
+			ss.byName[x.channel] = x
+		}
+	}
+}
+
+func (ss *subSet) remove(ch string) {
+	i := slices.IndexFunc(ss.list, func(st *subState) bool { return st.channel == ch })
+	if i < 0 {
+		return
+	}
+	ss.list = slices.Delete(ss.list, i, i+1)
+	if ss.byName != nil {
+		delete(ss.byName, ch)
+	}
 }

@@ -126,6 +126,7 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		CheckOrigin:     originChecker(cfg.WS.AllowedOrigins),
 	})
 	apiHandler := api.New(h, api.Config{
+		Engine:  eng,
 		APIKeys: cfg.APIKeys,
 		Version: a.version,
 		Ready:   func() bool { return !a.draining.Load() },

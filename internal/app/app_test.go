@@ -3,6 +3,7 @@ package app
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -325,4 +326,45 @@ func readLines(r io.Reader) <-chan string {
 		}
 	}()
 	return ch
+}
+
+// TestStatusReportsEngine: SSE connections run on the engine (epoll by
+// default), and /v1/status says so, with their count and the goroutine
+// count that shows no goroutine per connection.
+func TestStatusReportsEngine(t *testing.T) {
+	r := startApp(t, config.Config{Listen: "127.0.0.1:0"})
+	const conns = 50
+	for range conns {
+		c, err := net.Dial("tcp", r.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := io.WriteString(c, "GET /v1/sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var st struct {
+		Goroutines int `json:"goroutines"`
+		Engine     *struct {
+			Mode        string `json:"mode"`
+			Connections int    `json:"connections"`
+		} `json:"engine"`
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		_, body := get(t, r.url+"/v1/status")
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			return err
+		}
+		if st.Engine == nil || st.Engine.Connections != conns {
+			return fmt.Errorf("status %s: want %d engine connections", body, conns)
+		}
+		return nil
+	})
+	if st.Engine.Mode != "epoll" {
+		t.Errorf("engine mode %q, want epoll", st.Engine.Mode)
+	}
+	if st.Goroutines >= conns {
+		t.Errorf("%d goroutines with %d idle connections: want far fewer", st.Goroutines, conns)
+	}
 }

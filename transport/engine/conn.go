@@ -41,23 +41,43 @@ type Conn struct {
 	// Guarded by the wheel slot's mu.
 	slotIdx int
 
-	mu           sync.Mutex
-	dead         bool     // the socket is closed; guarded by mu
-	state        uint8    // guarded by mu
-	fd           int      // poller mode: the socket, -1 when dead; guarded by mu
-	gen          uint32   // poller mode: tells a reused fd's events apart; set before the fd is registered
-	outArmed     bool     // poller mode: waiting for writability; guarded by mu
-	nc           net.Conn // goroutine mode: the socket
-	wakeCh       chan struct{}
-	pending      []byte // bytes a write left behind; guarded by mu
-	pendingSince int64  // engine clock when pending became non-empty; guarded by mu
-	lingerSince  int64  // guarded by mu
-	ctrl         []byte // protocol bytes to write before the next items; guarded by mu
-	heartbeat    bool   // a heartbeat is due; guarded by mu
-	lastBeat     int64  // engine clock of the last heartbeat; guarded by mu
-	ops          []func(context.Context)
-	opRunning    bool // guarded by mu
+	mu        sync.Mutex
+	fd        int32  // poller mode: the socket, -1 when dead or in goroutine mode; guarded by mu
+	gen       uint32 // poller mode: tells a reused fd's events apart; set before the fd is registered
+	dead      bool   // the socket is closed; guarded by mu
+	state     uint8  // guarded by mu
+	outArmed  bool   // poller mode: waiting for writability; guarded by mu
+	heartbeat bool   // a heartbeat is due; guarded by mu
+	gmode     bool   // goroutine mode; set before the connection can be woken, then fixed
+	// since is the engine clock when pending became non-empty (open and
+	// closing) or when the connection began to linger; guarded by mu.
+	since    int64
+	lastBeat int64  // engine clock of the last heartbeat; guarded by mu
+	pending  []byte // bytes a write left behind; guarded by mu
+	ctrl     []byte // protocol bytes to write before the next items; guarded by mu
+	x        *connExtra
 }
+
+// connExtra holds what few connections need, so that an idle connection
+// does not carry it: the goroutine mode's socket, and Go's queue.
+type connExtra struct {
+	nc        net.Conn      // goroutine mode: the socket
+	wakeCh    chan struct{} // goroutine mode: the writer's wake-up
+	ops       []func(context.Context)
+	opRunning bool // guarded by Conn.mu
+}
+
+// extra returns c.x, allocating it. c.mu is held.
+func (c *Conn) extra() *connExtra {
+	if c.x == nil {
+		c.x = new(connExtra)
+	}
+	return c.x
+}
+
+// goroutineMode reports whether c runs on goroutines of its own. The
+// answer is fixed before the connection can be woken.
+func (c *Conn) goroutineMode() bool { return c.gmode }
 
 // Wake tells the connection that its session has something to write. It
 // never blocks and never takes a hub lock: it is the session's Wake.
@@ -65,9 +85,9 @@ func (c *Conn) Wake() {
 	if !c.sched.CompareAndSwap(false, true) {
 		return
 	}
-	if c.wakeCh != nil {
+	if c.goroutineMode() {
 		select {
-		case c.wakeCh <- struct{}{}:
+		case c.x.wakeCh <- struct{}{}:
 		default:
 		}
 		return
@@ -108,17 +128,18 @@ func (c *Conn) Control(p []byte) bool {
 // maxOps functions waiting.
 func (c *Conn) Go(fn func(context.Context)) bool {
 	c.mu.Lock()
-	if c.dead || c.state != stateOpen || len(c.ops) >= maxOps {
+	x := c.extra()
+	if c.dead || c.state != stateOpen || len(x.ops) >= maxOps {
 		c.mu.Unlock()
 		return false
 	}
-	c.ops = append(c.ops, fn)
-	start := !c.opRunning
-	c.opRunning = true
+	x.ops = append(x.ops, fn)
+	start := !x.opRunning
+	x.opRunning = true
 	c.mu.Unlock()
 	if start && !c.e.goTracked(c.runOps) {
 		c.mu.Lock()
-		c.ops, c.opRunning = nil, false
+		x.ops, x.opRunning = nil, false
 		c.mu.Unlock()
 		return false
 	}
@@ -128,14 +149,15 @@ func (c *Conn) Go(fn func(context.Context)) bool {
 func (c *Conn) runOps() {
 	for {
 		c.mu.Lock()
-		if len(c.ops) == 0 || c.dead {
-			c.ops, c.opRunning = nil, false
+		x := c.x
+		if len(x.ops) == 0 || c.dead {
+			x.ops, x.opRunning = nil, false
 			c.mu.Unlock()
 			return
 		}
-		fn := c.ops[0]
-		c.ops[0] = nil
-		c.ops = c.ops[1:]
+		fn := x.ops[0]
+		x.ops[0] = nil
+		x.ops = x.ops[1:]
 		c.mu.Unlock()
 		fn(c.e.ctx)
 	}
@@ -190,7 +212,7 @@ func (c *Conn) flush(s *scratch) {
 
 	b := &s.batch
 	b.Buf = append(b.Buf, c.ctrl...)
-	c.ctrl = trim(c.ctrl)
+	c.ctrl = nil // rare (the opening, pongs): not worth keeping while idle
 	s.items = c.sess.Drain(s.items)
 	delivered := 0
 	for i := range s.items {
@@ -213,7 +235,7 @@ func (c *Conn) flush(s *scratch) {
 	if b.Len() > 0 {
 		s.segs = b.Segments(s.segs)
 		var err error
-		if c.nc != nil {
+		if c.goroutineMode() {
 			err = c.writeBlocking(s.segs)
 		} else {
 			err = c.writeLocked(s)
@@ -234,19 +256,11 @@ func (c *Conn) flush(s *scratch) {
 	}
 }
 
-// trim empties a control buffer, keeping its memory only if it is small.
-func trim(b []byte) []byte {
-	if cap(b) > 512 {
-		return nil
-	}
-	return b[:0]
-}
-
 // writeBlocking writes segs in goroutine mode: c.mu is released for the
 // write, so that the wheel and the reader are never stuck behind a client
 // that does not read; the write is bounded by Config.WriteTimeout.
 func (c *Conn) writeBlocking(segs [][]byte) error {
-	nc := c.nc
+	nc := c.x.nc
 	c.mu.Unlock()
 	defer c.mu.Lock()
 	if err := nc.SetWriteDeadline(c.e.wallDeadline(c.e.cfg.WriteTimeout)); err != nil {
@@ -271,10 +285,10 @@ func (c *Conn) killLocked(d hub.Disconnect) {
 	}
 	c.dead = true
 	c.sess.Close(d) // no-op when the session already ended: the first reason wins
-	if c.nc != nil {
-		c.nc.Close()
+	if c.goroutineMode() {
+		c.x.nc.Close()
 		select { // the writer ends on its next wake-up
-		case c.wakeCh <- struct{}{}:
+		case c.x.wakeCh <- struct{}{}:
 		default:
 		}
 	} else {
@@ -283,7 +297,10 @@ func (c *Conn) killLocked(d hub.Disconnect) {
 	if len(c.pending) > 0 {
 		c.e.blocked.Add(-1)
 	}
-	c.pending, c.ctrl, c.ops = nil, nil, nil
+	c.pending, c.ctrl = nil, nil
+	if c.x != nil {
+		c.x.ops = nil
+	}
 	c.e.wheel.remove(c)
 	c.e.forget(c)
 }
@@ -295,17 +312,17 @@ func (c *Conn) killLocked(d hub.Disconnect) {
 // while the last bytes are in flight, if the client sent anything unread.
 func (c *Conn) lingerLocked() {
 	c.state = stateLinger
-	c.lingerSince = c.e.now()
+	c.since = c.e.now()
 	var err error
-	if c.nc != nil {
-		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+	if c.goroutineMode() {
+		if cw, ok := c.x.nc.(interface{ CloseWrite() error }); ok {
 			err = cw.CloseWrite()
 		} else {
 			c.killLocked(hub.DisconnectNormal)
 			return
 		}
 	} else {
-		err = shutdownWrite(c.fd)
+		err = shutdownWrite(int(c.fd))
 	}
 	if err != nil {
 		c.killLocked(hub.DisconnectNormal)
@@ -336,10 +353,10 @@ func (c *Conn) check(now int64) {
 	cfg := &c.e.cfg
 	switch {
 	case c.state == stateLinger:
-		if now-c.lingerSince >= int64(cfg.CloseGrace) {
+		if now-c.since >= int64(cfg.CloseGrace) {
 			c.killLocked(hub.DisconnectNormal)
 		}
-	case len(c.pending) > 0 && now-c.pendingSince >= int64(cfg.WriteTimeout):
+	case len(c.pending) > 0 && now-c.since >= int64(cfg.WriteTimeout):
 		c.killLocked(hub.DisconnectWriteError)
 	case c.state != stateOpen:
 	case c.readTimeout > 0 && now-c.lastRead.Load() >= c.readTimeout:

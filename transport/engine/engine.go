@@ -137,14 +137,14 @@ type Engine struct {
 	mu      sync.Mutex
 	closing bool           // guarded by mu; Attach and Go refuse once set
 	wg      sync.WaitGroup // every goroutine the engine starts; Add under mu with !closing, or before New returns
-	live    map[*Conn]struct{}
-	idle    chan struct{} // closed when closing and live is empty; guarded by mu
+	live    int           // attached connections not yet dead; guarded by mu
+	idle    chan struct{} // closed when closing and live is 0; guarded by mu
 }
 
 // New starts an engine: its poller, workers and timer wheel.
 func New(cfg Config) (*Engine, error) {
 	cfg = cfg.withDefaults()
-	e := &Engine{cfg: cfg, log: cfg.Logger, start: time.Now(), live: make(map[*Conn]struct{}), idle: make(chan struct{})}
+	e := &Engine{cfg: cfg, log: cfg.Logger, start: time.Now(), idle: make(chan struct{})}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if !cfg.Goroutines {
 		p, err := newPoller(e)
@@ -185,6 +185,14 @@ func (e *Engine) tick() int64 {
 // wallDeadline returns the wall-clock time d from now, for net.Conn
 // deadlines.
 func (e *Engine) wallDeadline(d time.Duration) time.Time { return time.Now().Add(d) }
+
+// Mode returns "epoll" or "goroutines".
+func (e *Engine) Mode() string {
+	if e.poller != nil {
+		return "epoll"
+	}
+	return "goroutines"
+}
 
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats {
@@ -238,7 +246,7 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 		nc.Close()
 		return ErrClosed
 	}
-	e.live[c] = struct{}{}
+	e.live++
 	e.conns.Add(1)
 	e.mu.Unlock()
 
@@ -260,6 +268,12 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 		return err
 	}
 	e.wheel.add(c)
+	e.mu.Lock()
+	closing := e.closing
+	e.mu.Unlock()
+	if closing { // Shutdown may have missed c
+		sess.Close(hub.DisconnectShutdown)
+	}
 	if len(buffered) > 0 {
 		c.proto.Input(c, buffered)
 	}
@@ -271,9 +285,9 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 // forget removes a dead connection from the engine's books.
 func (e *Engine) forget(c *Conn) {
 	e.mu.Lock()
-	delete(e.live, c)
+	e.live--
 	e.conns.Add(-1)
-	if e.closing && len(e.live) == 0 {
+	if e.closing && e.live == 0 {
 		select {
 		case <-e.idle:
 		default:
@@ -310,11 +324,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	e.mu.Lock()
 	first := !e.closing
 	e.closing = true
-	conns := make([]*Conn, 0, len(e.live))
-	for c := range e.live {
-		conns = append(conns, c)
-	}
-	if len(e.live) == 0 {
+	if e.live == 0 {
 		select {
 		case <-e.idle:
 		default:
@@ -325,6 +335,9 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	if first {
 		e.cancel()
 	}
+	// A connection attaching now sees closing after it joins the wheel
+	// and closes its own session.
+	conns := e.wheel.all()
 	for _, c := range conns {
 		c.sess.Close(hub.DisconnectShutdown)
 	}

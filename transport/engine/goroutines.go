@@ -15,8 +15,10 @@ const readBufGoroutine = 4 << 10
 // when the connection dies.
 func attachGoroutines(c *Conn, nc net.Conn) error {
 	c.mu.Lock()
-	c.nc = nc
-	c.wakeCh = make(chan struct{}, 1)
+	x := c.extra()
+	x.nc = nc
+	x.wakeCh = make(chan struct{}, 1)
+	c.gmode = true
 	c.mu.Unlock()
 	if !c.e.goTracked(c.writeLoop) {
 		return ErrClosed
@@ -30,7 +32,7 @@ func attachGoroutines(c *Conn, nc net.Conn) error {
 
 func (c *Conn) writeLoop() {
 	var s scratch
-	for range c.wakeCh {
+	for range c.x.wakeCh {
 		c.flush(&s)
 		c.mu.Lock()
 		dead := c.dead
@@ -44,7 +46,7 @@ func (c *Conn) writeLoop() {
 func (c *Conn) readLoop() {
 	buf := make([]byte, readBufGoroutine)
 	for {
-		n, err := c.nc.Read(buf)
+		n, err := c.x.nc.Read(buf)
 		if n > 0 {
 			c.input(buf[:n])
 		}

@@ -89,7 +89,7 @@ func (p *poller) attach(c *Conn, nc net.Conn) error {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.fd, c.gen = fd, uint32(c.id)
+	c.fd, c.gen = int32(fd), uint32(c.id)
 	p.mu.Lock()
 	if fd >= len(p.table) {
 		p.table = append(p.table, make([]*Conn, fd+1-len(p.table)+len(p.table)/2)...)
@@ -106,7 +106,7 @@ func (p *poller) attach(c *Conn, nc net.Conn) error {
 
 // detachLocked unregisters and closes c's socket. c.mu is held.
 func (p *poller) detachLocked(c *Conn) {
-	fd := c.fd
+	fd := int(c.fd)
 	if fd < 0 {
 		return
 	}
@@ -189,7 +189,7 @@ func (c *Conn) readable(buf []byte) {
 		c.mu.Unlock()
 		return
 	}
-	n, err := unix.Read(c.fd, buf)
+	n, err := unix.Read(int(c.fd), buf)
 	c.mu.Unlock()
 	switch {
 	case n > 0:
@@ -217,8 +217,8 @@ func (c *Conn) setOutLocked(on bool) {
 	if on {
 		events |= unix.EPOLLOUT
 	}
-	ev := unix.EpollEvent{Events: events, Fd: int32(c.fd), Pad: int32(c.gen)}
-	if err := unix.EpollCtl(c.e.poller.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev); err == nil {
+	ev := unix.EpollEvent{Events: events, Fd: c.fd, Pad: int32(c.gen)}
+	if err := unix.EpollCtl(c.e.poller.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err == nil {
 		c.outArmed = on
 	}
 }
@@ -248,7 +248,7 @@ func (c *Conn) writeLocked(s *scratch) error {
 			want += len(p)
 		}
 		s.io.iov = iov
-		n, err := writev(c.fd, iov)
+		n, err := writev(int(c.fd), iov)
 		clear(iov)
 		if n > 0 {
 			written += n
@@ -266,7 +266,7 @@ func (c *Conn) writeLocked(s *scratch) error {
 	}
 	if written < total {
 		c.pending = appendFrom(make([]byte, 0, total-written), segs, written)
-		c.pendingSince = c.e.now()
+		c.since = c.e.now()
 		c.e.blocked.Add(1)
 		c.setOutLocked(true)
 	}
@@ -275,7 +275,7 @@ func (c *Conn) writeLocked(s *scratch) error {
 
 // writePendingLocked writes what a previous write left. c.mu is held.
 func (c *Conn) writePendingLocked() error {
-	n, err := unix.Write(c.fd, c.pending)
+	n, err := unix.Write(int(c.fd), c.pending)
 	if n > 0 {
 		c.pending = c.pending[n:]
 	}

@@ -72,6 +72,18 @@ func (w *wheel) remove(c *Conn) {
 	}
 }
 
+// all returns every connection on the wheel.
+func (w *wheel) all() []*Conn {
+	var out []*Conn
+	for i := range w.slots {
+		s := &w.slots[i]
+		s.mu.Lock()
+		out = append(out, s.conns...)
+		s.mu.Unlock()
+	}
+	return out
+}
+
 // linger has c checked at every tick until it is closed.
 func (w *wheel) linger(c *Conn) {
 	w.lmu.Lock()
