@@ -103,12 +103,17 @@ type Protocol interface {
 // ErrClosed is returned by Attach once Shutdown has begun.
 var ErrClosed = errors.New("engine: shut down")
 
+// errKilled is attachGoroutines' way to say that it closed the connection
+// itself.
+var errKilled = errors.New("engine: connection closed while attaching")
+
 // Stats are an engine's counters.
 type Stats struct {
 	// Connections is the number of connections the engine holds.
 	Connections int64
 	// Blocked is the number of connections with unsent bytes waiting for
-	// the client to read.
+	// the client to read. Only epoll mode counts them: in goroutine mode a
+	// write simply blocks its connection's writer.
 	Blocked int64
 	// Writes counts vectored writes; Heartbeats the heartbeats written.
 	Writes     uint64
@@ -137,8 +142,8 @@ type Engine struct {
 	mu      sync.Mutex
 	closing bool           // guarded by mu; Attach and Go refuse once set
 	wg      sync.WaitGroup // every goroutine the engine starts; Add under mu with !closing, or before New returns
-	live    int           // attached connections not yet dead; guarded by mu
-	idle    chan struct{} // closed when closing and live is 0; guarded by mu
+	live    int            // attached connections not yet dead; guarded by mu
+	idle    chan struct{}  // closed when closing and live is 0; guarded by mu
 }
 
 // New starts an engine: its poller, workers and timer wheel.
@@ -186,6 +191,13 @@ func (e *Engine) tick() int64 {
 // deadlines.
 func (e *Engine) wallDeadline(d time.Duration) time.Time { return time.Now().Add(d) }
 
+// Closing reports whether Shutdown has begun: Attach would fail.
+func (e *Engine) Closing() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closing
+}
+
 // Mode returns "epoll" or "goroutines".
 func (e *Engine) Mode() string {
 	if e.poller != nil {
@@ -208,7 +220,7 @@ func (e *Engine) Stats() Stats {
 type ConnOptions struct {
 	// Heartbeat, when positive, replaces Config.Heartbeat for this
 	// connection. The wheel checks connections about every
-	// min(Config.Heartbeat, Config.WriteTimeout)/2, so a shorter one is
+	// min(Config.Heartbeat, Config.WriteTimeout)/4, so a shorter one is
 	// honoured only to that precision.
 	Heartbeat time.Duration
 	// ReadTimeout, when positive, closes the connection with
@@ -255,27 +267,35 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 	c.lastWrite.Store(now)
 	c.lastBeat = now
 	c.ctrl = c.proto.AppendOpen(append(c.ctrl, head...))
+	// Input net/http had already read goes to the protocol before the
+	// reader starts, so that it comes first and never concurrently with
+	// what the reader reads. The wheel knows c before any reader can close
+	// it, so that closing always takes it off the wheel.
+	if len(buffered) > 0 {
+		c.proto.Input(c, buffered)
+	}
+	e.wheel.add(c)
 	var err error
 	if _, ok := nc.(syscall.Conn); ok && e.poller != nil {
 		err = e.poller.attach(c, nc)
 	} else { // no descriptor to poll (a wrapped connection): goroutine mode
 		err = attachGoroutines(c, nc)
 	}
+	if errors.Is(err, errKilled) {
+		return ErrClosed // c is closed and forgotten already
+	}
 	if err != nil {
+		e.wheel.remove(c)
 		e.forget(c)
 		sess.Close(hub.DisconnectWriteError)
 		nc.Close()
 		return err
 	}
-	e.wheel.add(c)
 	e.mu.Lock()
 	closing := e.closing
 	e.mu.Unlock()
 	if closing { // Shutdown may have missed c
 		sess.Close(hub.DisconnectShutdown)
-	}
-	if len(buffered) > 0 {
-		c.proto.Input(c, buffered)
 	}
 	c.sched.Store(false)
 	c.Wake()

@@ -24,8 +24,8 @@ func attachGoroutines(c *Conn, nc net.Conn) error {
 		return ErrClosed
 	}
 	if !c.e.goTracked(c.readLoop) {
-		c.kill(hub.DisconnectShutdown)
-		return nil // the writer owns the end now
+		c.kill(hub.DisconnectShutdown) // the writer ends on the wake-up
+		return errKilled
 	}
 	return nil
 }

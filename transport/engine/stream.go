@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/transport"
 )
 
@@ -35,6 +36,10 @@ func ServeStream(e *Engine, w http.ResponseWriter, r *http.Request, sr StreamReq
 		opts := sr.Options
 		opts.Wake = wake
 		transport.Stream(r.Context(), w, http.NewResponseController(w), sess, opts)
+		return
+	}
+	if e.Closing() {
+		httpx.HubError(w, hub.ErrShuttingDown)
 		return
 	}
 	c := e.NewConn(streamProtocol{sr.Options.Encoder}, ConnOptions{Heartbeat: sr.Options.Heartbeat})

@@ -33,10 +33,12 @@ type wheelSlot struct {
 	conns []*Conn // guarded by mu; each conn's slotIdx is its index here
 }
 
-// newWheel sizes the wheel so that its period is half the shortest
-// timeout it enforces.
+// newWheel sizes the wheel so that its period is a quarter of the
+// shortest timeout it enforces: heartbeats go out every 1 to 1.25
+// intervals, which leaves a WebSocket client most of an interval to answer
+// a ping before its read timeout (two intervals).
 func newWheel(e *Engine) *wheel {
-	period := min(e.cfg.Heartbeat, e.cfg.WriteTimeout) / 2
+	period := min(e.cfg.Heartbeat, e.cfg.WriteTimeout) / 4
 	tick := max(period/wheelSlots, minWheelTick)
 	n := max(int(period/tick), 1)
 	return &wheel{e: e, tick: tick, slots: make([]wheelSlot, n), done: make(chan struct{})}
