@@ -19,8 +19,8 @@ import (
 
 	"github.com/heraldhq/herald/api"
 	"github.com/heraldhq/herald/hub"
-	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/transport/engine"
 	"github.com/heraldhq/herald/transport/sse"
 	"github.com/heraldhq/herald/transport/ws"
 )

@@ -64,13 +64,13 @@ type Session struct {
 	maxBytes  int
 
 	mu       sync.Mutex
-	queue    []Item               // guarded by mu
-	qbytes   int                  // bytes counted in queue and recovery buffers; guarded by mu
-	allow    int                  // replay bytes allowed over maxBytes until the next Drain; guarded by mu
-	subs     subSet               // guarded by mu
-	closed   bool                 // guarded by mu
-	reason   Disconnect           // guarded by mu
-	released bool                 // hub bookkeeping undone; guarded by mu
+	queue    []Item     // guarded by mu
+	qbytes   int        // bytes counted in queue and recovery buffers; guarded by mu
+	allow    int        // replay bytes allowed over maxBytes until the next Drain; guarded by mu
+	subs     subSet     // guarded by mu
+	closed   bool       // guarded by mu
+	reason   Disconnect // guarded by mu
+	released bool       // hub bookkeeping undone; guarded by mu
 }
 
 // subState is one channel's state within a session. Guarded by Session.mu.
