@@ -291,10 +291,7 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 		nc.Close()
 		return err
 	}
-	e.mu.Lock()
-	closing := e.closing
-	e.mu.Unlock()
-	if closing { // Shutdown may have missed c
+	if e.Closing() { // Shutdown may have missed c
 		sess.Close(hub.DisconnectShutdown)
 	}
 	c.sched.Store(false)
