@@ -190,6 +190,14 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	a.running, a.srv = true, srv
 	a.mu.Unlock()
 
+	// The engine accepts the connections and serves the subscribe
+	// handshakes itself; net/http gets the rest.
+	ln = a.engine.Listen(ln, engine.ListenConfig{
+		Handler:       a.handler,
+		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/iframe"},
+		HeaderTimeout: a.readHeaderTimeout,
+		Logger:        a.log,
+	})
 	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -2,6 +2,8 @@ package testutil
 
 import (
 	"context"
+	"net"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -11,9 +13,12 @@ import (
 
 // EngineEnv names the environment variable that picks how the transport
 // tests run connections: "epoll" (the default; the production path on
-// Linux), "goroutines" (the engine's portable mode) or "none" (no engine:
-// a goroutine per connection inside net/http, the HTTP/2 path). CI runs
-// the transport and client tests under each.
+// Linux, where the engine also accepts the connections and serves the
+// subscribe handshakes itself, see Listen), "epoll-nethttp" (the same
+// engine behind net/http's accept and hijack, as a connection that net/http
+// already serves ends up), "goroutines" (the engine's portable mode) or
+// "none" (no engine: a goroutine per connection inside net/http, the
+// HTTP/2 path). CI runs the transport and client tests under each.
 const EngineEnv = "HERALD_TEST_ENGINE"
 
 // Engine returns the engine the transport tests should use, started with
@@ -21,13 +26,13 @@ const EngineEnv = "HERALD_TEST_ENGINE"
 func Engine(t testing.TB, cfg engine.Config) *engine.Engine {
 	t.Helper()
 	switch mode := os.Getenv(EngineEnv); mode {
-	case "", "epoll":
+	case "", "epoll", "epoll-nethttp":
 	case "goroutines":
 		cfg.Goroutines = true
 	case "none":
 		return nil
 	default:
-		t.Fatalf("%s=%q: want epoll, goroutines or none", EngineEnv, mode)
+		t.Fatalf("%s=%q: want epoll, epoll-nethttp, goroutines or none", EngineEnv, mode)
 	}
 	e, err := engine.New(cfg)
 	if err != nil {
@@ -41,4 +46,15 @@ func Engine(t testing.TB, cfg engine.Config) *engine.Engine {
 		}
 	})
 	return e
+}
+
+// Listen returns ln wrapped by e.Listen, so that the engine accepts the
+// connections and serves the handshakes of paths with h itself, as
+// herald serve does. With no engine, in goroutine mode, or when
+// HERALD_TEST_ENGINE is "epoll-nethttp", it returns ln: net/http accepts.
+func Listen(e *engine.Engine, ln net.Listener, h http.Handler, paths ...string) net.Listener {
+	if e == nil || os.Getenv(EngineEnv) == "epoll-nethttp" {
+		return ln
+	}
+	return e.Listen(ln, engine.ListenConfig{Handler: h, Paths: paths})
 }

@@ -114,7 +114,7 @@ func BenchmarkIdleConnection(b *testing.B) {
 	const conns = 2000
 	for _, m := range modes {
 		b.Run("mode="+m.name, func(b *testing.B) {
-			s := startServer(b, m.goroutines, options{})
+			s := startServer(b, m, options{})
 			// A first round leaves behind what the handshakes' goroutines
 			// keep for reuse (dead goroutines' stacks, net/http's pools),
 			// so that the baseline below already has it.
@@ -256,7 +256,7 @@ func BenchmarkDelivery(b *testing.B) {
 	const subscribers = 1000
 	for _, m := range modes {
 		b.Run(fmt.Sprintf("mode=%s/subscribers=%d", m.name, subscribers), func(b *testing.B) {
-			s := startServer(b, m.goroutines, options{hub: hub.Config{MaxQueueBytes: 256 << 20}})
+			s := startServer(b, m, options{hub: hub.Config{MaxQueueBytes: 256 << 20}})
 			rc := rawSSE(b, s, "channel=bench", subscribers)
 			r := newEventCounter(b, rc.fds)
 			s.waitEngineConns(b, subscribers)

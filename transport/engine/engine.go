@@ -251,6 +251,12 @@ func (e *Engine) NewConn(proto Protocol, opts ConnOptions) *Conn {
 // read. On error nothing is written, and sess and nc are closed.
 func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered []byte) error {
 	c.sess = sess
+	if pc, ok := nc.(*prefixConn); ok {
+		// A connection the engine handed to net/http (Listen): what net/http
+		// has not read of the replayed bytes follows what it had buffered.
+		buffered = append(buffered, pc.prefix...)
+		nc = pc.Conn
+	}
 	e.mu.Lock()
 	if e.closing {
 		e.mu.Unlock()
@@ -276,7 +282,9 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 	}
 	e.wheel.add(c)
 	var err error
-	if _, ok := nc.(syscall.Conn); ok && e.poller != nil {
+	if rc, ok := nc.(*rawConn); ok { // accepted by the engine (Listen): the socket as it is
+		err = e.poller.attachFD(c, rc.take())
+	} else if _, ok := nc.(syscall.Conn); ok && e.poller != nil {
 		err = e.poller.attach(c, nc)
 	} else { // no descriptor to poll (a wrapped connection): goroutine mode
 		err = attachGoroutines(c, nc)
@@ -294,10 +302,22 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 	if e.Closing() { // Shutdown may have missed c
 		sess.Close(hub.DisconnectShutdown)
 	}
-	c.sched.Store(false)
-	c.Wake()
+	if c.goroutineMode() {
+		c.sched.Store(false)
+		c.Wake()
+		return nil
+	}
+	// The first write (the response head, the opening, any replay) goes
+	// out from here rather than from a worker: one goroutine hand-off less
+	// per connection, which is most of the cost of a reconnection storm.
+	s := scratchPool.Get().(*scratch)
+	c.flush(s) // clears sched: later wake-ups go to the workers
+	scratchPool.Put(s)
 	return nil
 }
+
+// scratchPool holds the scratch of writes made outside the workers.
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 // forget removes a dead connection from the engine's books.
 func (e *Engine) forget(c *Conn) {

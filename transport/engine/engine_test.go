@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,26 +37,34 @@ const wait = 5 * time.Second
 // end up to one tick early in real time.
 const tick = 5 * time.Millisecond
 
-// modes are the engine's two ways of running connections. These tests
-// pick the mode themselves instead of reading testutil.EngineEnv, because
-// they are about the engine.
-var modes = []struct {
+// mode is one way of running the engine's connections.
+type mode struct {
 	name       string
-	goroutines bool
-}{
-	{"epoll", false},
-	{"goroutines", true},
+	goroutines bool // the engine's goroutine mode
+	// listen has the engine accept the connections and serve the
+	// handshakes itself (Engine.Listen); otherwise net/http accepts and
+	// the handlers hijack.
+	listen bool
+}
+
+// modes are the engine's ways of running connections. These tests pick
+// the mode themselves instead of reading testutil.EngineEnv, because they
+// are about the engine.
+var modes = []mode{
+	{name: "epoll", listen: true},
+	{name: "epoll-nethttp"},
+	{name: "goroutines", goroutines: true},
 }
 
 // eachMode runs fn as a subtest per engine mode.
-func eachMode(t *testing.T, fn func(t *testing.T, goroutines bool)) {
+func eachMode(t *testing.T, fn func(t *testing.T, m mode)) {
 	t.Helper()
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			if !m.goroutines {
 				skipWithoutEpoll(t)
 			}
-			fn(t, m.goroutines)
+			fn(t, m)
 		})
 	}
 }
@@ -92,11 +101,11 @@ type server struct {
 // startServer starts a server and stops it when the test ends: clients
 // (whose cleanups were registered later) first, then the HTTP server,
 // the engine and the hub.
-func startServer(t testing.TB, goroutines bool, o options) *server {
+func startServer(t testing.TB, m mode, o options) *server {
 	t.Helper()
 	h := testutil.NewHub(t, o.hub)
 	ecfg := o.engine
-	ecfg.Goroutines = goroutines
+	ecfg.Goroutines = m.goroutines
 	e, err := engine.New(ecfg)
 	if err != nil {
 		t.Fatal(err)
@@ -113,25 +122,31 @@ func startServer(t testing.TB, goroutines bool, o options) *server {
 	mux.Handle("/v1/ws", ws.New(h, ws.Config{Engine: e, Heartbeat: o.heartbeat}))
 	srv := httptest.NewUnstartedServer(mux)
 	if o.sendBuffer > 0 {
-		srv.Listener = sendBufferListener{srv.Listener, o.sendBuffer}
+		// Accepted sockets inherit the listener's send buffer, whoever
+		// accepts them.
+		setSendBuffer(t, srv.Listener, o.sendBuffer)
+	}
+	if m.listen {
+		srv.Listener = e.Listen(srv.Listener, engine.ListenConfig{Handler: mux, Paths: []string{"/v1/sse", "/v1/ws"}})
 	}
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return &server{hub: h, engine: e, addr: srv.Listener.Addr().String()}
 }
 
-// sendBufferListener sets the send buffer of accepted connections.
-type sendBufferListener struct {
-	net.Listener
-	size int
-}
-
-func (l sendBufferListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetWriteBuffer(l.size)
+// setSendBuffer sets a listening socket's send buffer.
+func setSendBuffer(t testing.TB, ln net.Listener, size int) {
+	t.Helper()
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return c, err
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, size)
+	}); err != nil || serr != nil {
+		t.Fatalf("SO_SNDBUF: %v %v", err, serr)
+	}
 }
 
 func (s *server) publish(t testing.TB, data string, channels ...string) {
@@ -515,7 +530,7 @@ func (c *wsClient) expectClose(code int) {
 func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	skipWithoutEpoll(t)
 	const perKind = 500
-	s := startServer(t, false, options{})
+	s := startServer(t, modes[0], options{})
 	before := runtime.NumGoroutine()
 
 	// Raw sockets that nothing reads until the end: the test itself adds
@@ -561,8 +576,8 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 // sending ops and receiving messages, and the op takes effect once its
 // last byte arrives.
 func TestTrickledFrameStallsNobody(t *testing.T) {
-	eachMode(t, func(t *testing.T, goroutines bool) {
-		s := startServer(t, goroutines, options{})
+	eachMode(t, func(t *testing.T, m mode) {
+		s := startServer(t, m, options{})
 		trickler := s.dialWS(t, "", nil)
 		trickler.readHead()
 		other := s.dialWS(t, "channel=news", nil)
@@ -599,8 +614,8 @@ func TestTrickledFrameStallsNobody(t *testing.T) {
 // WriteTimeout closes the connection, and the other clients never notice.
 func TestBlockedSocketTimesOut(t *testing.T) {
 	const writeTimeout = 300 * time.Millisecond
-	eachMode(t, func(t *testing.T, goroutines bool) {
-		s := startServer(t, goroutines, options{
+	eachMode(t, func(t *testing.T, m mode) {
+		s := startServer(t, m, options{
 			hub:        hub.Config{MaxQueueBytes: 64 << 20}, // the write timeout acts, not the queue limit
 			engine:     engine.Config{WriteTimeout: writeTimeout},
 			sendBuffer: 8 << 10,
@@ -626,7 +641,7 @@ func TestBlockedSocketTimesOut(t *testing.T) {
 		}
 		start := time.Now()
 		published := 0
-		if goroutines {
+		if m.goroutines {
 			// A writer blocked in its write is not counted in Stats.Blocked
 			// in this mode (TestStatsCountBlockedConnection fails there):
 			// publish well past every socket buffer instead.
@@ -682,8 +697,7 @@ func TestBlockedSocketTimesOut(t *testing.T) {
 // goroutine mode a write just blocks its writer).
 func TestStatsCountBlockedConnection(t *testing.T) {
 	t.Run("epoll", func(t *testing.T) {
-		const goroutines = false
-		s := startServer(t, goroutines, options{hub: hub.Config{MaxQueueBytes: 64 << 20}, sendBuffer: 8 << 10})
+		s := startServer(t, modes[0], options{hub: hub.Config{MaxQueueBytes: 64 << 20}, sendBuffer: 8 << 10})
 		slow := s.dialSSE(t, "channel=big")
 		slow.readHead()
 		if tc, ok := slow.nc.(*net.TCPConn); ok {
@@ -719,8 +733,8 @@ func TestHeartbeats(t *testing.T) {
 	// three quarters of a heartbeat (less a tick) to answer before the
 	// read timeout of two heartbeats.
 	const heartbeat = 100 * time.Millisecond
-	eachMode(t, func(t *testing.T, goroutines bool) {
-		s := startServer(t, goroutines, options{engine: engine.Config{Heartbeat: heartbeat}, heartbeat: heartbeat})
+	eachMode(t, func(t *testing.T, m mode) {
+		s := startServer(t, m, options{engine: engine.Config{Heartbeat: heartbeat}, heartbeat: heartbeat})
 
 		t.Run("SSE comment", func(t *testing.T) {
 			c := s.dialSSE(t, "channel=quiet")
@@ -784,8 +798,8 @@ func (testProtocol) Input(*engine.Conn, []byte)                      {}
 // retry hint, then the end of the stream; WebSocket: close 1012), and that
 // it then refuses connections.
 func TestShutdown(t *testing.T) {
-	eachMode(t, func(t *testing.T, goroutines bool) {
-		s := startServer(t, goroutines, options{})
+	eachMode(t, func(t *testing.T, m mode) {
+		s := startServer(t, m, options{})
 		stream := s.dialSSE(t, "channel=a")
 		stream.readHead()
 		if ev := stream.next(); ev.ID == "" || ev.Data != "" {
@@ -858,8 +872,8 @@ func TestShutdown(t *testing.T) {
 // handshake, so that net/http has read some of them already: the engine
 // must hand them to the protocol, in order with what follows.
 func TestPipelinedInput(t *testing.T) {
-	eachMode(t, func(t *testing.T, goroutines bool) {
-		s := startServer(t, goroutines, options{})
+	eachMode(t, func(t *testing.T, m mode) {
+		s := startServer(t, m, options{})
 
 		t.Run("subscribe op", func(t *testing.T) {
 			c := s.dialWS(t, "channel=a", subscribeOp("b"))

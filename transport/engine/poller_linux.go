@@ -86,7 +86,12 @@ func (p *poller) attach(c *Conn, nc net.Conn) error {
 		unix.Close(fd)
 		return err
 	}
+	return p.attachFD(c, fd)
+}
 
+// attachFD registers fd, a non-blocking socket the engine owns from now
+// on: on error it is closed.
+func (p *poller) attachFD(c *Conn, fd int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fd, c.gen = int32(fd), uint32(c.id)
@@ -115,7 +120,8 @@ func (p *poller) detachLocked(c *Conn) {
 		p.table[fd] = nil
 	}
 	p.mu.Unlock()
-	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	// No EPOLL_CTL_DEL: the engine's descriptor is the socket's only one
+	// (close-on-exec, never duplicated), so closing it leaves epoll too.
 	unix.Close(fd)
 	c.fd = -1
 }

@@ -17,6 +17,7 @@ var errNoPoller = errors.New("engine: no epoll on this system")
 
 func newPoller(*Engine) (*poller, error)     { return nil, errNoPoller }
 func (*poller) attach(*Conn, net.Conn) error { return errNoPoller }
+func (*poller) attachFD(*Conn, int) error    { return errNoPoller }
 func (*poller) detachLocked(*Conn)           {}
 func (*poller) run()                         {}
 func (*poller) stop()                        {}

@@ -35,7 +35,10 @@ func startServer(t *testing.T, hcfg hub.Config, cfg iframe.Config) *server {
 	t.Helper()
 	h := testutil.NewHub(t, hcfg)
 	cfg.Engine = testutil.Engine(t, engine.Config{Heartbeat: cfg.Heartbeat, WriteTimeout: cfg.WriteTimeout})
-	srv := httptest.NewServer(iframe.New(h, cfg))
+	handler := iframe.New(h, cfg)
+	srv := httptest.NewUnstartedServer(handler)
+	srv.Listener = testutil.Listen(cfg.Engine, srv.Listener, handler, "/v1/iframe")
+	srv.Start()
 	t.Cleanup(srv.Close)
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)

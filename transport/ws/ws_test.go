@@ -55,6 +55,8 @@ func startServerWith(t testing.TB, hcfg hub.Config, wcfg ws.Config, wrap func(ne
 	srv := httptest.NewUnstartedServer(mux)
 	if wrap != nil {
 		srv.Listener = wrap(srv.Listener)
+	} else {
+		srv.Listener = testutil.Listen(eng, srv.Listener, mux, "/v1/ws")
 	}
 	srv.Start()
 	t.Cleanup(srv.Close)
