@@ -110,7 +110,7 @@ func newAcceptor(e *Engine, ln net.Listener, cfg ListenConfig) (*acceptor, error
 		quit:  make(chan struct{}),
 		stop:  a.close,
 	}
-	go a.run() // owned by the listener: its Close stops it and waits
+	go func() { a.cleanup(a.run()) }() // owned by the listener: its Close stops it and waits
 	// The duplicate is the listening socket now; closing ln takes the
 	// original out of the Go runtime's poller.
 	ln.Close()
@@ -128,9 +128,9 @@ func (a *acceptor) close() {
 	<-a.done
 }
 
-// run accepts connections and reads request heads until close.
-func (a *acceptor) run() {
-	defer a.cleanup()
+// run accepts connections and reads request heads until close. It
+// returns why it stopped when that was not close.
+func (a *acceptor) run() error {
 	events := make([]unix.EpollEvent, 128)
 	for !a.stopping.Load() {
 		timeout := -1
@@ -142,9 +142,8 @@ func (a *acceptor) run() {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
-			a.err = fmt.Errorf("engine: epoll_wait: %w", err)
 			a.cfg.Logger.Error("engine: accepting stopped", "err", err)
-			return
+			return fmt.Errorf("engine: epoll_wait: %w", err)
 		}
 		for i := range n {
 			switch fd := int(events[i].Fd); fd {
@@ -161,11 +160,13 @@ func (a *acceptor) run() {
 			a.expire(time.Now())
 		}
 	}
+	return nil
 }
 
 // cleanup closes what run leaves: the sockets still in their handshake,
-// the connections net/http has not accepted, the listening socket.
-func (a *acceptor) cleanup() {
+// the connections net/http has not accepted, the listening socket. err,
+// when run stopped by itself, is what Accept returns from then on.
+func (a *acceptor) cleanup(err error) {
 	defer close(a.done)
 	for fd := range a.pending {
 		unix.Close(fd)
@@ -174,7 +175,10 @@ func (a *acceptor) cleanup() {
 	unix.Close(a.lfd)
 	unix.Close(a.epfd)
 	unix.Close(a.evfd)
-	a.once.Do(func() { close(a.quit) }) // run ended by itself (an epoll error)
+	a.once.Do(func() { // run ended by itself (an epoll error)
+		a.err = err
+		close(a.quit)
+	})
 	for {
 		select {
 		case c := <-a.conns:

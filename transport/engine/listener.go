@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -23,10 +24,7 @@ type ListenConfig struct {
 	HeaderTimeout time.Duration
 	// Logger receives panics of Handler and accept errors. Nil means the
 	// engine's logger.
-	Logger interface {
-		Error(msg string, args ...any)
-		Warn(msg string, args ...any)
-	}
+	Logger *slog.Logger
 }
 
 // Limits of the engine's own handshakes.
@@ -138,7 +136,9 @@ func (w *nativeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // noInput is the reader a hijack gets when the client sent nothing after
-// its request: Buffered is 0 and never changes.
+// its request: Buffered is 0 and never changes. It is shared: a handler on
+// the engine's path only asks it for Buffered (transport.Hijack), never
+// reads it.
 var noInput = bufio.NewReaderSize(bytes.NewReader(nil), 16)
 
 // response returns the status line, headers and body of a response the
@@ -187,7 +187,7 @@ type handoff struct {
 	quit  chan struct{} // closed by Close
 	once  sync.Once
 	stop  func() // stops the acceptor and waits for it
-	err   error  // why accepting ended, when not Close; set before quit closes
+	err   error  // why accepting ended, when not Close; set before quit is closed
 }
 
 func (h *handoff) Accept() (net.Conn, error) {
