@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -79,6 +80,10 @@ func newAcceptor(e *Engine, ln net.Listener, cfg ListenConfig) (*acceptor, error
 	// returns connections whose request head can be read at once. Both are
 	// optimisations: failing to set them changes nothing else.
 	_ = unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	// TCP keepalive as net/http sets it (15s), also inherited.
+	_ = unix.SetsockoptInt(lfd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	_ = unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15)
+	_ = unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
 	_ = unix.SetsockoptInt(lfd, unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, max(1, int(cfg.HeaderTimeout/time.Second)))
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -132,7 +137,7 @@ func (a *acceptor) close() {
 // returns why it stopped when that was not close.
 func (a *acceptor) run() error {
 	events := make([]unix.EpollEvent, 128)
-	for !a.stopping.Load() {
+	for {
 		timeout := -1
 		if len(a.pending) > 0 || a.listenOff {
 			timeout = 250
@@ -148,6 +153,11 @@ func (a *acceptor) run() error {
 		for i := range n {
 			switch fd := int(events[i].Fd); fd {
 			case a.evfd:
+				// Only here, once close has written to evfd, may run end:
+				// cleanup closes evfd.
+				if a.stopping.Load() {
+					return nil
+				}
 			case a.lfd:
 				a.accept()
 			default:
@@ -160,7 +170,6 @@ func (a *acceptor) run() error {
 			a.expire(time.Now())
 		}
 	}
-	return nil
 }
 
 // cleanup closes what run leaves: the sockets still in their handshake,
@@ -213,7 +222,7 @@ func (a *acceptor) accept() {
 		switch {
 		case n > 0:
 			a.received(nil, fd, remote, a.buf[:n])
-		case errors.Is(err, unix.EAGAIN):
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 			a.park(fd, remote, nil)
 		default: // gone already
 			unix.Close(fd)
@@ -275,12 +284,18 @@ const (
 // For serveHere it returns the request and the length of its head; data
 // after the head is the client's next input.
 func (a *acceptor) classify(data []byte) (verdict, *http.Request, int) {
+	// Whatever cannot be a GET for one of the engine's paths goes to
+	// net/http as soon as that is known (a TLS hello, a POST), and so does
+	// a head with a bare line feed, which net/http parses leniently.
+	if !a.couldBeOurs(data) || hasBareLF(data) {
+		return handOff, nil, 0
+	}
 	end := bytes.Index(data, []byte("\r\n\r\n"))
 	if end < 0 {
-		if len(data) < maxHeadBytes && !bytes.Contains(data, []byte("\n\n")) {
+		if len(data) < maxHeadBytes {
 			return needMore, nil, 0
 		}
-		return handOff, nil, 0 // too long, or bare line feeds: net/http's to judge
+		return handOff, nil, 0 // too long: net/http's limit applies
 	}
 	head := data[:end+4]
 	if !a.ours(head) {
@@ -290,10 +305,84 @@ func (a *acceptor) classify(data []byte) (verdict, *http.Request, int) {
 	a.br.Reset(&a.hr)
 	req, err := http.ReadRequest(a.br)
 	if err != nil || req.Method != http.MethodGet || req.ProtoMajor != 1 || req.ProtoMinor != 1 ||
-		req.ContentLength != 0 || len(req.TransferEncoding) > 0 || !a.ourPath(req.URL.Path) {
-		return handOff, nil, 0 // net/http answers what it makes of it
+		req.ContentLength != 0 || len(req.TransferEncoding) > 0 || !a.ourPath(req.URL.Path) ||
+		!validHost(req.Host) || hostHeaders(head) != 1 {
+		return handOff, nil, 0 // net/http answers what it makes of it (400 without one valid Host)
 	}
 	return serveHere, req, len(head)
+}
+
+// couldBeOurs reports whether data may still turn out to start with a
+// request line "GET <one of the engine's paths>".
+func (a *acceptor) couldBeOurs(data []byte) bool {
+	line, _, complete := bytes.Cut(data, []byte("\n"))
+	const method = "GET "
+	if len(line) < len(method) {
+		return complete == false && strings.HasPrefix(method, string(line))
+	}
+	if string(line[:len(method)]) != method {
+		return false
+	}
+	target := line[len(method):]
+	for _, p := range a.cfg.Paths {
+		n := min(len(target), len(p))
+		if string(target[:n]) != p[:n] {
+			continue
+		}
+		if len(target) <= len(p) {
+			return !complete // the path is still arriving
+		}
+		if c := target[len(p)]; c == '?' || c == ' ' {
+			return true
+		}
+	}
+	return false
+}
+
+// validHost reports whether a Host header is non-empty and made of the
+// bytes a host (and port) may hold: net/http refuses the others with 400,
+// so those requests go to it.
+func validHost(h string) bool {
+	if h == "" {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!$%&'()*+,-.:;=[]_~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// hostHeaders counts the Host header lines of a request head.
+func hostHeaders(head []byte) int {
+	n := 0
+	for line := range bytes.SplitSeq(head, []byte("\r\n")) {
+		if len(line) > 5 && line[4] == ':' && bytes.EqualFold(line[:4], []byte("host")) {
+			n++
+		}
+	}
+	return n
+}
+
+// hasBareLF reports whether data has a line feed not preceded by a
+// carriage return.
+func hasBareLF(data []byte) bool {
+	for i := bytes.IndexByte(data, '\n'); i >= 0; {
+		if i == 0 || data[i-1] != '\r' {
+			return true
+		}
+		j := bytes.IndexByte(data[i+1:], '\n')
+		if j < 0 {
+			return false
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 // ours reports whether a request head's first line asks for one of the
@@ -374,6 +463,11 @@ func (a *acceptor) serve(w *nativeWriter, r *http.Request) {
 	}()
 	a.cfg.Handler.ServeHTTP(w, r)
 	if w.hijacked {
+		// A handler that took the connection gives it to Attach before it
+		// returns; one that did not has dropped it.
+		if w.conn.fd >= 0 {
+			w.conn.Close()
+		}
 		return
 	}
 	// A fresh socket's send buffer holds a short response; what it does
@@ -426,6 +520,19 @@ func (c *rawConn) take() int {
 	fd := c.fd
 	c.fd = -1
 	return fd
+}
+
+// netConn turns the socket into a net.Conn of the Go runtime's poller,
+// for an engine in goroutine mode. The rawConn no longer holds it.
+func (c *rawConn) netConn() (net.Conn, error) {
+	if c.fd < 0 {
+		return nil, net.ErrClosed
+	}
+	f := os.NewFile(uintptr(c.fd), "")
+	nc, err := net.FileConn(f) // a duplicate
+	f.Close()
+	c.fd = -1
+	return nc, err
 }
 
 func (c *rawConn) Read([]byte) (int, error)  { return 0, errRawConn }

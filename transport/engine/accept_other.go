@@ -16,3 +16,5 @@ func (*acceptor) close() {}
 type rawConn struct{ net.Conn }
 
 func (*rawConn) take() int { return -1 }
+
+func (c *rawConn) netConn() (net.Conn, error) { return c.Conn, nil }

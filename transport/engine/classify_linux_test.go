@@ -23,6 +23,11 @@ func FuzzClassify(f *testing.F) {
 		"GET /v1/sse HTTP/1.1\r\nHo",
 		"GET http://x/v1/sse HTTP/1.1\r\n\r\n",
 		"GET /v1/sse?channel=%zz HTTP/1.1\r\nHost: \x00\r\n\r\n",
+		"GET /v1/sse HTTP/1.1\nHost: x\n\r\n",
+		"GET /v1/sse HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+		"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+		"GE",
+		"GET /v1/ss",
 		"",
 	} {
 		f.Add([]byte(seed))
@@ -34,13 +39,16 @@ func FuzzClassify(f *testing.F) {
 		end := bytes.Index(data, []byte("\r\n\r\n"))
 		switch v {
 		case needMore:
-			if end >= 0 || len(data) >= maxHeadBytes {
+			if end >= 0 || len(data) >= maxHeadBytes || hasBareLF(data) || !a.couldBeOurs(data) {
 				t.Fatalf("waits for more of %q", data)
 			}
 		case handOff:
 		case serveHere:
 			if req == nil || headLen != end+4 {
 				t.Fatalf("serves %q with request %v, head length %d", data, req, headLen)
+			}
+			if hasBareLF(data[:headLen]) || !validHost(req.Host) || hostHeaders(data[:headLen]) != 1 {
+				t.Fatalf("serves %q: bare LF or bad Host", data)
 			}
 			if req.Method != http.MethodGet || req.ProtoMinor != 1 || req.ContentLength != 0 ||
 				(req.URL.Path != "/v1/sse" && req.URL.Path != "/v1/ws") {

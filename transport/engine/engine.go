@@ -282,8 +282,14 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 	}
 	e.wheel.add(c)
 	var err error
-	if rc, ok := nc.(*rawConn); ok { // accepted by the engine (Listen): the socket as it is
+	if rc, ok := nc.(*rawConn); ok && e.poller != nil { // accepted by an engine (Listen): the socket as it is
 		err = e.poller.attachFD(c, rc.take())
+	} else if rc, ok := nc.(*rawConn); ok { // accepted by an engine, run by one in goroutine mode
+		var gc net.Conn
+		if gc, err = rc.netConn(); err == nil {
+			nc = gc
+			err = attachGoroutines(c, nc)
+		}
 	} else if _, ok := nc.(syscall.Conn); ok && e.poller != nil {
 		err = e.poller.attach(c, nc)
 	} else { // no descriptor to poll (a wrapped connection): goroutine mode

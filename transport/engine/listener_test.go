@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -244,4 +245,31 @@ func TestListenClose(t *testing.T) {
 	// Attached connections are the engine's, not the listener's.
 	s.publish(t, `"z"`, "a")
 	c.expectMessage("a", `"z"`)
+}
+
+// TestListenHandsOffEarly: bytes that cannot be one of the engine's
+// requests go to net/http at once, not after the header timeout: a head
+// with bare line feeds, another method, a request without Host.
+func TestListenHandsOffEarly(t *testing.T) {
+	s := startListenServer(t, time.Minute)
+	start := time.Now()
+	_, br := s.request(t, "GET /v1/sse?channel=lf HTTP/1.1\nHost: x\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("bare-LF head: %v, %v", resp, err)
+	}
+	_, br = s.request(t, "GET /v1/sse?channel=a HTTP/1.1\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 400 {
+		t.Fatalf("no Host: %v, %v", resp, err)
+	}
+	s.request(t, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le") // incomplete, and net/http's
+	testutil.Eventually(t, wait, func() error {
+		if n := s.netHTTP.Load(); n != 3 {
+			return fmt.Errorf("net/http saw %d connections, want 3", n)
+		}
+		return nil
+	})
+	if d := time.Since(start); d > wait {
+		t.Fatalf("took %v", d)
+	}
 }

@@ -94,6 +94,10 @@ func (p *poller) attach(c *Conn, nc net.Conn) error {
 func (p *poller) attachFD(c *Conn, fd int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.dead { // killed while attaching (Shutdown's deadline)
+		unix.Close(fd)
+		return errKilled
+	}
 	c.fd, c.gen = int32(fd), uint32(c.id)
 	p.mu.Lock()
 	if fd >= len(p.table) {
@@ -120,8 +124,9 @@ func (p *poller) detachLocked(c *Conn) {
 		p.table[fd] = nil
 	}
 	p.mu.Unlock()
-	// No EPOLL_CTL_DEL: the engine's descriptor is the socket's only one
-	// (close-on-exec, never duplicated), so closing it leaves epoll too.
+	// Explicitly: a copy of the descriptor in a child between fork and
+	// exec would otherwise keep the closed socket registered.
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	unix.Close(fd)
 	c.fd = -1
 }
