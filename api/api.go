@@ -15,6 +15,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/pipeline"
 	"github.com/heraldhq/herald/transport/engine"
 )
 
@@ -39,6 +41,11 @@ type Config struct {
 	Ready func() bool
 	// Engine, if set, is reported by /v1/status and /metrics.
 	Engine *engine.Engine
+	// Events configures POST /v1/events, served when Events.Queue is set.
+	Events EventsConfig
+	// Pipelines, if set, returns the pipelines' figures for /v1/status and
+	// /metrics.
+	Pipelines func(ctx context.Context) []pipeline.Stats
 	// BodyReadTimeout bounds reading a publish body. Zero means 30s.
 	BodyReadTimeout time.Duration
 	// Logger receives internal errors. Nil means slog.Default().
@@ -69,6 +76,15 @@ func New(h *hub.Hub, cfg Config) *API {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Events.MaxEventBytes <= 0 {
+		cfg.Events.MaxEventBytes = 64 << 10
+	}
+	if cfg.Events.MaxBatch <= 0 {
+		cfg.Events.MaxBatch = 1000
+	}
+	if cfg.Events.EnqueueTimeout <= 0 {
+		cfg.Events.EnqueueTimeout = 10 * time.Second
+	}
 	a := &API{
 		hub:     h,
 		cfg:     cfg,
@@ -91,6 +107,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	// cleaning means names with "//", "./" or "../" segments must use the
 	// JSON form.
 	mux.Handle("POST /v1/publish/{channel...}", a.protect(http.HandlerFunc(a.publishRaw)))
+	if a.cfg.Events.Queue != nil {
+		mux.Handle("POST /v1/events", a.protect(http.HandlerFunc(a.events)))
+	}
 	mux.Handle("GET /v1/status", a.protect(http.HandlerFunc(a.status)))
 	mux.Handle("GET /metrics", a.protect(a.metrics))
 	mux.HandleFunc("GET /healthz", a.healthz)

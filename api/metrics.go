@@ -1,16 +1,19 @@
 package api
 
 import (
+	"context"
 	"log/slog"
 	"maps"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/pipeline"
 )
 
 // Transports always reported by herald_connections, even at zero, so that
@@ -119,8 +122,74 @@ func (a *API) newMetricsHandler() http.Handler {
 			}, func() float64 { return float64(e.Stats().Heartbeats) }),
 		)
 	}
+	if a.cfg.Pipelines != nil {
+		reg.MustRegister(newPipelineCollector(a.cfg.Pipelines))
+	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		Registry: reg,
 		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelError),
 	})
+}
+
+// pipelineCollector exports the pipelines' figures.
+type pipelineCollector struct {
+	stats                       func(context.Context) []pipeline.Stats
+	stage, stageSeconds, events *prometheus.Desc
+	queue                       *prometheus.Desc
+}
+
+func newPipelineCollector(stats func(context.Context) []pipeline.Stats) *pipelineCollector {
+	return &pipelineCollector{
+		stats: stats,
+		stage: prometheus.NewDesc("herald_pipeline_stage_messages_total",
+			"Messages that entered a pipeline stage (result=in) and how they left it (out, failed, dropped). in minus the others is what the stage holds; anything else is a lost message.",
+			[]string{"pipeline", "stage", "result"}, nil),
+		stageSeconds: prometheus.NewDesc("herald_pipeline_stage_seconds_total",
+			"Time spent in a pipeline stage.", []string{"pipeline", "stage"}, nil),
+		events: prometheus.NewDesc("herald_pipeline_events_total",
+			"Events a pipeline claimed from its queue, and how they ended: acked (published or dropped), retried (each retry), dead_lettered.",
+			[]string{"pipeline", "result"}, nil),
+		queue: prometheus.NewDesc("herald_pipeline_queue_events",
+			"A pipeline's queue: pending (not yet claimed), in_flight (claimed, not acknowledged), redelivered (in flight, delivered more than once), dead_lettered.",
+			[]string{"pipeline", "state"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *pipelineCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.stage
+	ch <- c.stageSeconds
+	ch <- c.events
+	ch <- c.queue
+}
+
+// Collect implements prometheus.Collector.
+func (c *pipelineCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, p := range c.stats(ctx) {
+		for _, s := range p.Stages {
+			for _, v := range []struct {
+				result string
+				n      uint64
+			}{{"in", s.In}, {"out", s.Out}, {"failed", s.Failed}, {"dropped", s.Dropped}} {
+				ch <- prometheus.MustNewConstMetric(c.stage, prometheus.CounterValue, float64(v.n), p.Pipeline, s.Stage, v.result)
+			}
+			ch <- prometheus.MustNewConstMetric(c.stageSeconds, prometheus.CounterValue, s.SecondsTotal, p.Pipeline, s.Stage)
+		}
+		for _, v := range []struct {
+			result string
+			n      uint64
+		}{{"claimed", p.In}, {"acked", p.Acked}, {"retried", p.Retried}, {"dead_lettered", p.DeadLettered}} {
+			ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(v.n), p.Pipeline, v.result)
+		}
+		if q := p.Queue; q != nil {
+			for _, v := range []struct {
+				state string
+				n     uint64
+			}{{"pending", q.Pending}, {"in_flight", q.InFlight}, {"redelivered", q.Redelivered}, {"dead_lettered", q.Dead}} {
+				ch <- prometheus.MustNewConstMetric(c.queue, prometheus.GaugeValue, float64(v.n), p.Pipeline, v.state)
+			}
+		}
+	}
 }

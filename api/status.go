@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/pipeline"
 )
 
 // Limits of GET /v1/status?prefix=.
@@ -33,6 +35,10 @@ type Status struct {
 	IdempotencyKeys int         `json:"idempotency_keys"`
 	// Engine is present when connections run on the engine.
 	Engine *EngineStatus `json:"engine,omitempty"`
+	// Pipelines are the event pipelines' figures: per stage in, out,
+	// failed, dropped and latency, and their queue's pending, in-flight,
+	// redelivered and dead-lettered events.
+	Pipelines []pipeline.Stats `json:"pipelines,omitempty"`
 }
 
 // EngineStatus is the connection engine's part of /v1/status.
@@ -76,11 +82,11 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	case q.Has("prefix"):
 		a.channelList(w, q.Get("prefix"), q.Get("limit"))
 	default:
-		writeJSON(w, http.StatusOK, a.summary())
+		writeJSON(w, http.StatusOK, a.summary(r.Context()))
 	}
 }
 
-func (a *API) summary() Status {
+func (a *API) summary(ctx context.Context) Status {
 	st := a.stats()
 	up := time.Since(a.started)
 	var es *EngineStatus
@@ -88,7 +94,12 @@ func (a *API) summary() Status {
 		st := e.Stats()
 		es = &EngineStatus{Mode: e.Mode(), Connections: st.Connections, Blocked: st.Blocked, Writes: st.Writes, Heartbeats: st.Heartbeats}
 	}
+	var ps []pipeline.Stats
+	if a.cfg.Pipelines != nil {
+		ps = a.cfg.Pipelines(ctx)
+	}
 	return Status{
+		Pipelines:       ps,
 		Engine:          es,
 		Version:         a.cfg.Version,
 		UptimeSeconds:   up.Seconds(),

@@ -64,6 +64,7 @@ type App struct {
 
 	hub     *hub.Hub
 	engine  *engine.Engine
+	events  *pipelines
 	ws      *ws.Handler
 	handler http.Handler
 
@@ -118,6 +119,14 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 	}
 	a.engine = eng
 
+	ev, err := newPipelines(context.Background(), cfg, h, log)
+	if err != nil {
+		_ = eng.Shutdown(context.Background())
+		_ = h.Shutdown(context.Background())
+		return nil, fmt.Errorf("app: starting the event pipelines: %w", err)
+	}
+	a.events = ev
+
 	a.ws = ws.New(h, ws.Config{
 		Engine:          eng,
 		Heartbeat:       cfg.WS.Heartbeat,
@@ -131,6 +140,13 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		Version: a.version,
 		Ready:   func() bool { return !a.draining.Load() },
 		Logger:  log,
+		Events: api.EventsConfig{
+			Queue:         ev.queue,
+			Validate:      validateEvent(cfg.Events.EnforceTypes),
+			MaxEventBytes: cfg.Events.MaxEventBytes,
+			MaxBatch:      cfg.Events.MaxBatch,
+		},
+		Pipelines: ev.stats,
 	})
 
 	mux := http.NewServeMux()
@@ -198,6 +214,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		HeaderTimeout: a.readHeaderTimeout,
 		Logger:        a.log,
 	})
+	a.events.start()
 	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -267,6 +284,11 @@ func (a *App) shutdown(ctx context.Context) error {
 		go func() { httpDone <- srv.Shutdown(ctx) }()
 	}
 	var errs []error
+	// The pipelines finish the events in hand (publishing them) before the
+	// hub closes.
+	if err := a.events.stop(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("pipelines: %w", err))
+	}
 	if err := a.hub.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("hub: %w", err))
 	}
@@ -280,6 +302,9 @@ func (a *App) shutdown(ctx context.Context) error {
 		if err := <-httpDone; err != nil {
 			errs = append(errs, fmt.Errorf("http: %w", err))
 		}
+	}
+	if err := a.events.close(); err != nil {
+		errs = append(errs, fmt.Errorf("event queue: %w", err))
 	}
 	if ctx.Err() != nil {
 		// Out of time: cut whatever is left.

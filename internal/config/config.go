@@ -16,6 +16,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,6 +77,16 @@ type Config struct {
 	Poll   PollConfig   `yaml:"poll"`
 	Limits LimitsConfig `yaml:"limits"`
 
+	// Queue is the durable event queue behind POST /v1/events and the
+	// pipelines.
+	Queue QueueConfig `yaml:"queue"`
+	// Events configures POST /v1/events.
+	Events EventsConfig `yaml:"events"`
+	// Pipelines turn queued events into published messages. Empty means
+	// one pipeline, "public": parse, sanitize, anonymize, route, publish
+	// (see PipelineConfig). Pipelines have no environment form.
+	Pipelines []PipelineConfig `yaml:"pipelines"`
+
 	// DefaultNamespace applies to channels whose namespace has no entry
 	// in Namespaces. Zero fields mean history_size 100, history_ttl 10m,
 	// max_subscribers 0 (no limit).
@@ -121,6 +132,91 @@ type PollConfig struct {
 }
 
 // LimitsConfig caps resources.
+// validPipelineName is what a pipeline name may be (it names a consumer
+// on the queue).
+var validPipelineName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// QueueConfig configures the event queue: NATS JetStream, embedded in
+// the process (storing under data_dir/jetstream) unless URL names a NATS
+// server.
+type QueueConfig struct {
+	// URL is an external NATS server with JetStream ("nats://host:4222").
+	// Zero means the embedded server.
+	URL string `yaml:"url"`
+	// MaxAge is how long queued events are kept. Zero means 24h.
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxBytes bounds the queue; when it is full POST /v1/events answers
+	// 503. Zero means 1 GiB.
+	MaxBytes int `yaml:"max_bytes"`
+	// AckWait is how long a claimed event may go unacknowledged before it
+	// is delivered again. Zero means 30s.
+	AckWait time.Duration `yaml:"ack_wait"`
+}
+
+// EventsConfig configures POST /v1/events.
+type EventsConfig struct {
+	// EnforceTypes refuses events whose type has no schema (the built-in
+	// ones are post.created, post.updated and post.deleted).
+	EnforceTypes bool `yaml:"enforce_types"`
+	// MaxEventBytes bounds one event's data. Zero means 64 KiB.
+	MaxEventBytes int `yaml:"max_event_bytes"`
+	// MaxBatch bounds the events of one request. Zero means 1000.
+	MaxBatch int `yaml:"max_batch"`
+}
+
+// PipelineConfig is one pipeline: a name (its consumer group on the
+// queue), its stages in order, and how it retries.
+type PipelineConfig struct {
+	Name string `yaml:"name"`
+	// Lanes is how many events are processed at once; events of one
+	// thread stay in order. Zero means 8.
+	Lanes int `yaml:"lanes"`
+	// Attempts before an event goes to the dead-letter queue. Zero means 5.
+	Attempts int `yaml:"attempts"`
+	// Backoff before the first retry, doubling after. Zero means 100ms.
+	Backoff time.Duration `yaml:"backoff"`
+	// Stages run in order. Zero means parse, sanitize, anonymize, route,
+	// publish with their defaults.
+	Stages []StageConfig `yaml:"stages"`
+}
+
+// StageConfig is one stage of a pipeline: Type names it, the other
+// fields are its options (each stage reads its own; zero means the
+// stage's default).
+type StageConfig struct {
+	// Type is parse, sanitize, anonymize, render, route or publish.
+	Type string `yaml:"type"`
+	// Fields (sanitize): the HTML fields. Default [data.message].
+	Fields []string `yaml:"fields"`
+	// Drop and Hash (anonymize): fields removed, and fields replaced by a
+	// keyed hash (Salt). Default: drop data.author.email, data.author.ip.
+	Drop []string `yaml:"drop"`
+	Hash []string `yaml:"hash"`
+	Salt string   `yaml:"salt"`
+	// HTML (render): an html/template whose output is stored at HTMLField
+	// (default data.html); JSON: a text/template producing the published
+	// JSON.
+	HTML      string `yaml:"html"`
+	HTMLField string `yaml:"html_field"`
+	JSON      string `yaml:"json"`
+	// Routes (route): channel patterns such as "thread:{data.thread}",
+	// optionally for some event types only. Default: thread:, forum:,
+	// post:, user: and firehose.
+	Routes []RouteConfig `yaml:"routes"`
+	// To (publish): "hub" (default), "http" (URL, APIKey: a remote
+	// Herald) or "file" (Path: JSON lines).
+	To     string `yaml:"to"`
+	URL    string `yaml:"url"`
+	APIKey string `yaml:"api_key"`
+	Path   string `yaml:"path"`
+}
+
+// RouteConfig is one routing rule.
+type RouteConfig struct {
+	Channel string   `yaml:"channel"`
+	Types   []string `yaml:"types"`
+}
+
 type LimitsConfig struct {
 	// MaxConnections caps subscriber connections on this node. Zero means
 	// 100000; negative means no limit.
@@ -201,7 +297,29 @@ func (c Config) Defaults() Config {
 	setDefault(&c.Limits.MaxChannelsPerPublish, DefaultMaxChannelsPerPublish)
 	setDefault(&c.DefaultNamespace.HistorySize, DefaultHistorySize)
 	setDefault(&c.DefaultNamespace.HistoryTTL, DefaultHistoryTTL)
+	if len(c.Pipelines) == 0 {
+		c.Pipelines = []PipelineConfig{{Name: DefaultPipeline}}
+	} else {
+		c.Pipelines = slices.Clone(c.Pipelines)
+	}
+	for i := range c.Pipelines {
+		if len(c.Pipelines[i].Stages) == 0 {
+			c.Pipelines[i].Stages = DefaultStages()
+		}
+	}
 	return c
+}
+
+// DefaultPipeline is the name of the pipeline herald runs when the
+// configuration names none.
+const DefaultPipeline = "public"
+
+// DefaultStages are a pipeline's stages when its configuration lists
+// none: the public pipeline of comment events — validated, HTML
+// sanitised, author e-mail and IP removed, routed to thread:, forum:,
+// post:, user: and firehose, published to the local hub.
+func DefaultStages() []StageConfig {
+	return []StageConfig{{Type: "parse"}, {Type: "sanitize"}, {Type: "anonymize"}, {Type: "route"}, {Type: "publish"}}
 }
 
 func setDefault[T comparable](v *T, d T) {
@@ -243,6 +361,58 @@ func (c Config) Validate() error {
 	}
 	if !slices.Contains([]string{"epoll", "goroutines"}, c.Engine) {
 		bad("engine", "%q is not epoll or goroutines", c.Engine)
+	}
+
+	if c.Queue.URL != "" && !strings.HasPrefix(c.Queue.URL, "nats://") && !strings.HasPrefix(c.Queue.URL, "tls://") {
+		bad("queue.url", "%q is not a nats:// or tls:// URL", c.Queue.URL)
+	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"queue.max_bytes", c.Queue.MaxBytes}, {"events.max_event_bytes", c.Events.MaxEventBytes}, {"events.max_batch", c.Events.MaxBatch}} {
+		if n.v < 0 {
+			bad(n.key, "must not be negative, got %d", n.v)
+		}
+	}
+	names := map[string]bool{}
+	for i, p := range c.Pipelines {
+		key := fmt.Sprintf("pipelines[%d]", i)
+		switch {
+		case !validPipelineName.MatchString(p.Name):
+			bad(key+".name", "%q: want 1-64 letters, digits, _ or -", p.Name)
+		case names[p.Name]:
+			bad(key+".name", "%q is used twice", p.Name)
+		}
+		names[p.Name] = true
+		if p.Lanes < 0 || p.Attempts < 0 || p.Backoff < 0 {
+			bad(key, "lanes, attempts and backoff must not be negative")
+		}
+		for j, st := range p.Stages {
+			skey := fmt.Sprintf("%s.stages[%d]", key, j)
+			switch st.Type {
+			case "parse", "sanitize", "route", "render":
+			case "anonymize":
+				if len(st.Hash) > 0 && st.Salt == "" {
+					bad(skey+".salt", "required with hash")
+				}
+			case "publish":
+				switch st.To {
+				case "", "hub":
+				case "http":
+					if !strings.HasPrefix(st.URL, "http://") && !strings.HasPrefix(st.URL, "https://") {
+						bad(skey+".url", "%q is not an http(s) URL", st.URL)
+					}
+				case "file":
+					if st.Path == "" {
+						bad(skey+".path", "required with to: file")
+					}
+				default:
+					bad(skey+".to", "%q is not hub, http or file", st.To)
+				}
+			default:
+				bad(skey+".type", "%q is not parse, sanitize, anonymize, render, route or publish", st.Type)
+			}
+		}
 	}
 
 	positive := func(key string, d time.Duration) {

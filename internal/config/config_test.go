@@ -37,6 +37,7 @@ func TestDefaults(t *testing.T) {
 			MaxQueueBytes: 1 << 20, MaxChannelsPerPublish: 64,
 		},
 		DefaultNamespace: NamespaceConfig{HistorySize: 100, HistoryTTL: 10 * time.Minute},
+		Pipelines:        []PipelineConfig{{Name: "public", Stages: DefaultStages()}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
@@ -149,6 +150,8 @@ func TestEveryScalarHasAnEnvVar(t *testing.T) {
 				sample = "x"
 			case f.Kind() == reflect.Slice:
 				sample = "x,y"
+			case f.Kind() == reflect.Bool:
+				sample = "true"
 			default:
 				t.Fatalf("%s: unsupported kind %s", v.Key, f.Kind())
 			}
@@ -297,5 +300,46 @@ func TestEnsureDataDir(t *testing.T) {
 	file := writeFile(t, "x")
 	if _, err := (Config{DataDir: file}).EnsureDataDir(); err == nil {
 		t.Fatal("a file as data_dir: no error")
+	}
+}
+
+// TestPipelinesConfig: pipelines from the file keep their stages, get the
+// default ones when they list none, and every mistake is reported.
+func TestPipelinesConfig(t *testing.T) {
+	c, err := Load(writeFile(t, `
+pipelines:
+  - name: public
+  - name: moderation
+    stages:
+      - type: parse
+      - type: route
+        routes:
+          - channel: "mod:forum:{data.forum}"
+            types: [post.created]
+      - type: publish
+`), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Pipelines) != 2 || !reflect.DeepEqual(c.Pipelines[0].Stages, DefaultStages()) ||
+		len(c.Pipelines[1].Stages) != 3 || c.Pipelines[1].Stages[1].Routes[0].Types[0] != "post.created" {
+		t.Fatalf("pipelines %+v", c.Pipelines)
+	}
+	_, err = Load(writeFile(t, `
+queue: {url: "http://x"}
+pipelines:
+  - name: "a b"
+    stages: [{type: nope}, {type: anonymize, hash: [data.author.id]}, {type: publish, to: http, url: ftp://x}]
+  - name: dup
+  - name: dup
+`), nil, nil)
+	if err == nil {
+		t.Fatal("bad pipelines accepted")
+	}
+	for _, want := range []string{"queue.url", "pipelines[0].name", "pipelines[0].stages[0].type",
+		"pipelines[0].stages[1].salt", "pipelines[0].stages[2].url", "pipelines[2].name"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s:\n%v", want, err)
+		}
 	}
 }

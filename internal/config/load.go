@@ -157,7 +157,8 @@ func envName(key string) string {
 var durationType = reflect.TypeFor[time.Duration]()
 
 // walk calls fn for every scalar setting under v (a struct), with its
-// dotted yaml key. Maps (namespaces) have no scalar form and are skipped.
+// dotted yaml key. Maps (namespaces) and lists of objects (pipelines) have
+// no scalar form and are skipped.
 func walk(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) {
 	t := v.Type()
 	for i := range t.NumField() {
@@ -172,6 +173,7 @@ func walk(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) 
 		case f.Kind() == reflect.Struct:
 			walk(f, key+".", fn)
 		case f.Kind() == reflect.Map:
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
 		default:
 			fn(key, f)
 		}

@@ -1,0 +1,192 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/pipeline"
+)
+
+// EventsConfig configures POST /v1/events. The ingest API exists only
+// when Queue is set.
+type EventsConfig struct {
+	// Queue receives the accepted events durably.
+	Queue pipeline.Queue
+	// Validate checks an event's data up front (the pipelines' schemas);
+	// its error names the field. Nil accepts any JSON object.
+	Validate func(pipeline.Event) error
+	// MaxEventBytes bounds one event's data. Zero means 64 KiB.
+	MaxEventBytes int
+	// MaxBatch bounds the events of one request. Zero means 1000.
+	MaxBatch int
+	// EnqueueTimeout bounds waiting for the queue. Zero means 10s.
+	EnqueueTimeout time.Duration
+}
+
+// Error codes of the ingest API.
+const (
+	CodeInvalidEvent     = "invalid_event"
+	CodeQueueUnavailable = "queue_unavailable"
+)
+
+var (
+	validEventID   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$`)
+	validEventType = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+)
+
+// rejectedEvent says why one event of a request was refused.
+type rejectedEvent struct {
+	Index   int    `json:"index"`
+	ID      string `json:"id,omitempty"`
+	Message string `json:"message"`
+}
+
+// eventsResponse is the answer to POST /v1/events. Accepted lists the IDs
+// of the events durably queued, in request order, also when others were
+// rejected.
+type eventsResponse struct {
+	Accepted []string        `json:"accepted"`
+	Error    *eventsError    `json:"error,omitempty"`
+	Rejected []rejectedEvent `json:"rejected,omitempty"`
+}
+
+type eventsError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// events serves POST /v1/events: one event, or {"events":[...]}.
+func (a *API) events(w http.ResponseWriter, r *http.Request) {
+	cfg := a.cfg.Events
+	if !a.acceptingPublishes(w) {
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONType(ct) {
+		httpx.Error(w, http.StatusUnsupportedMediaType, httpx.CodeUnsupportedMediaType,
+			"the body must be JSON: send Content-Type: application/json")
+		return
+	}
+	body, ok := a.readBody(w, r, int64(cfg.MaxBatch)*int64(cfg.MaxEventBytes+512)+4096)
+	if !ok {
+		return
+	}
+	raws, err := splitEvents(body, cfg.MaxBatch)
+	if err != nil {
+		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidJSON, err.Error())
+		return
+	}
+	var good []pipeline.Event
+	var resp eventsResponse
+	for i, raw := range raws {
+		ev, err := a.checkEvent(raw)
+		if err != nil {
+			resp.Rejected = append(resp.Rejected, rejectedEvent{Index: i, ID: ev.ID, Message: err.Error()})
+			continue
+		}
+		good = append(good, ev)
+	}
+	if len(good) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), cfg.EnqueueTimeout)
+		err := cfg.Queue.Enqueue(ctx, good)
+		cancel()
+		if err != nil {
+			a.log.Error("events: enqueue failed", "events", len(good), "err", err)
+			httpx.Error(w, http.StatusServiceUnavailable, CodeQueueUnavailable,
+				"the event queue did not store the events; nothing was accepted, retry with the same IDs")
+			return
+		}
+	}
+	resp.Accepted = make([]string, len(good))
+	for i, ev := range good {
+		resp.Accepted[i] = ev.ID
+	}
+	if len(resp.Rejected) > 0 {
+		first := resp.Rejected[0]
+		msg := fmt.Sprintf("event %d", first.Index)
+		if first.ID != "" {
+			msg += " (" + first.ID + ")"
+		}
+		resp.Error = &eventsError{Code: CodeInvalidEvent, Message: fmt.Sprintf("%s: %s; %d of %d events accepted",
+			msg, first.Message, len(good), len(raws))}
+		writeJSON(w, http.StatusBadRequest, resp)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, resp)
+}
+
+// splitEvents returns the events of a body: an object with an "events"
+// array, or one event object.
+func splitEvents(body []byte, maxBatch int) ([]json.RawMessage, error) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 || body[0] != '{' {
+		return nil, fmt.Errorf("the body must be an event object or {\"events\":[...]}")
+	}
+	var batch struct {
+		Events *[]json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(body, &batch); err != nil {
+		return nil, fmt.Errorf("the body is not valid JSON: %s", err)
+	}
+	if batch.Events == nil {
+		return []json.RawMessage{body}, nil
+	}
+	if len(*batch.Events) == 0 {
+		return nil, fmt.Errorf("events: the batch is empty")
+	}
+	if len(*batch.Events) > maxBatch {
+		return nil, fmt.Errorf("events: %d events in one request; at most %d", len(*batch.Events), maxBatch)
+	}
+	return *batch.Events, nil
+}
+
+// checkEvent decodes and validates one event, giving it an ID when it
+// has none. On error the event holds what could be read of it.
+func (a *API) checkEvent(raw json.RawMessage) (pipeline.Event, error) {
+	cfg := a.cfg.Events
+	var ev pipeline.Event
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ev); err != nil {
+		return ev, fmt.Errorf("not a valid event object: %s", err)
+	}
+	switch {
+	case ev.ID != "" && !validEventID.MatchString(ev.ID):
+		return ev, fmt.Errorf("id: want 1-128 letters, digits and ._:@/+- starting with a letter or digit")
+	case ev.Type == "":
+		return ev, fmt.Errorf("type: required")
+	case !validEventType.MatchString(ev.Type):
+		return ev, fmt.Errorf("type %q: want 1-64 lowercase letters, digits and ._-", ev.Type)
+	case len(bytes.TrimSpace(ev.Data)) == 0 || bytes.TrimSpace(ev.Data)[0] != '{':
+		return ev, fmt.Errorf("data: required, a JSON object")
+	case len(ev.Data) > cfg.MaxEventBytes:
+		return ev, fmt.Errorf("data: %d bytes, over the limit of %d", len(ev.Data), cfg.MaxEventBytes)
+	}
+	if cfg.Validate != nil {
+		if err := cfg.Validate(ev); err != nil {
+			return ev, err
+		}
+	}
+	if ev.ID == "" {
+		ev.ID = newEventID()
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, ev.Data); err == nil {
+		ev.Data = compact.Bytes()
+	}
+	return ev, nil
+}
+
+// newEventID returns a random event ID.
+func newEventID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "evt-" + hex.EncodeToString(b[:])
+}

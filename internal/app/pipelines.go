@@ -1,0 +1,211 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/pipeline"
+	"github.com/heraldhq/herald/pipeline/jetstream"
+)
+
+// pipelines is the event side of the app: the queue (NATS JetStream,
+// embedded unless configured), and one runner per configured pipeline.
+type pipelines struct {
+	log     *slog.Logger
+	ns      *server.Server // the embedded NATS server; nil with an external one
+	nc      *nats.Conn
+	queue   *jetstream.Queue
+	runners []*pipeline.Runner
+	closers []io.Closer // file sinks
+
+	mu     sync.Mutex
+	cancel context.CancelFunc // set by start
+	done   sync.WaitGroup
+}
+
+// newPipelines opens the queue and builds every pipeline of cfg. On error
+// everything it started is released.
+func newPipelines(ctx context.Context, cfg config.Config, h *hub.Hub, log *slog.Logger) (p *pipelines, err error) {
+	p = &pipelines{log: log}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	if cfg.Queue.URL == "" {
+		if p.ns, err = jetstream.Embedded(filepath.Join(cfg.DataDir, "jetstream")); err != nil {
+			return nil, err
+		}
+		if p.nc, err = jetstream.ConnectEmbedded(p.ns); err != nil {
+			return nil, fmt.Errorf("connecting to the embedded NATS server: %w", err)
+		}
+	} else if p.nc, err = nats.Connect(cfg.Queue.URL, nats.Name("herald"), nats.MaxReconnects(-1)); err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", cfg.Queue.URL, err)
+	}
+	p.queue, err = jetstream.Open(ctx, p.nc, jetstream.Config{
+		MaxAge:   cfg.Queue.MaxAge,
+		MaxBytes: int64(cfg.Queue.MaxBytes),
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, pc := range cfg.Pipelines {
+		stages, err := p.buildStages(pc, cfg, h)
+		if err != nil {
+			return nil, fmt.Errorf("pipeline %s: %w", pc.Name, err)
+		}
+		src, err := p.queue.Source(ctx, pc.Name, pipeline.SourceConfig{AckWait: cfg.Queue.AckWait})
+		if err != nil {
+			return nil, fmt.Errorf("pipeline %s: %w", pc.Name, err)
+		}
+		r, err := pipeline.NewRunner(pipeline.Config{
+			Name: pc.Name, Stages: stages, Lanes: pc.Lanes, Attempts: pc.Attempts, Backoff: pc.Backoff,
+			Done: p.queue, Logger: log,
+		}, src)
+		if err != nil {
+			return nil, err
+		}
+		p.runners = append(p.runners, r)
+	}
+	return p, nil
+}
+
+// buildStages turns a pipeline's configuration into its stages.
+func (p *pipelines) buildStages(pc config.PipelineConfig, cfg config.Config, h *hub.Hub) ([]pipeline.Stage, error) {
+	var stages []pipeline.Stage
+	for i, sc := range pc.Stages {
+		var st pipeline.Stage
+		var err error
+		switch sc.Type {
+		case "parse":
+			st, err = pipeline.NewParse(pipeline.ParseOptions{EnforceTypes: cfg.Events.EnforceTypes})
+		case "sanitize":
+			st, err = pipeline.NewSanitize(pipeline.SanitizeOptions{Paths: sc.Fields})
+		case "anonymize":
+			st, err = pipeline.NewAnonymize(pipeline.AnonymizeOptions{Drop: sc.Drop, Hash: sc.Hash, Salt: sc.Salt})
+		case "render":
+			st, err = pipeline.NewRender(pipeline.RenderOptions{HTML: sc.HTML, HTMLField: sc.HTMLField, Payload: sc.JSON})
+		case "route":
+			var rules []pipeline.Rule
+			for _, r := range sc.Routes {
+				rules = append(rules, pipeline.Rule{Channel: r.Channel, Types: r.Types})
+			}
+			st, err = pipeline.NewRoute(pipeline.RouteOptions{Rules: rules})
+		case "publish":
+			var pub pipeline.Publisher
+			switch sc.To {
+			case "", "hub":
+				pub = pipeline.NewHubPublisher(h)
+			case "http":
+				pub, err = pipeline.NewHTTPPublisher(pipeline.HTTPPublisherOptions{URL: sc.URL, APIKey: sc.APIKey})
+			case "file":
+				var fs *pipeline.FileSink
+				if fs, err = pipeline.NewFileSink(pipeline.FileSinkOptions{Path: sc.Path}); err == nil {
+					p.closers = append(p.closers, fs)
+					pub = fs
+				}
+			}
+			if err == nil {
+				st, err = pipeline.NewPublish(pipeline.PublishOptions{Publisher: pub})
+			}
+		default:
+			err = fmt.Errorf("unknown stage type %q", sc.Type)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stage %d (%s): %w", i+1, sc.Type, err)
+		}
+		stages = append(stages, st)
+	}
+	return stages, nil
+}
+
+// validate is POST /v1/events' up-front check: the comment events'
+// schemas.
+func validateEvent(enforce bool) func(pipeline.Event) error {
+	schemas := pipeline.CommentSchemas()
+	return func(ev pipeline.Event) error { return pipeline.ValidateEvent(schemas, enforce, ev) }
+}
+
+// start runs every pipeline until stop.
+func (p *pipelines) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.mu.Lock()
+	p.cancel = cancel
+	p.mu.Unlock()
+	for _, r := range p.runners {
+		p.done.Add(1)
+		go func() {
+			defer p.done.Done()
+			if err := r.Run(ctx); err != nil {
+				p.log.Error("pipeline stopped", "pipeline", r.Name(), "err", err)
+			}
+		}()
+	}
+}
+
+// stop stops claiming events and waits until every event in hand is
+// acknowledged (or given back), or ctx ends.
+func (p *pipelines) stop(ctx context.Context) error {
+	p.mu.Lock()
+	cancel := p.cancel
+	p.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	done := make(chan struct{})
+	go func() { p.done.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stats returns every pipeline's figures with its queue's.
+func (p *pipelines) stats(ctx context.Context) []pipeline.Stats {
+	out := make([]pipeline.Stats, 0, len(p.runners))
+	for _, r := range p.runners {
+		st := r.Stats()
+		if qs, err := p.queue.Stats(ctx, r.Name()); err == nil {
+			st.Queue = &qs
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// close releases the queue, the connection and the embedded server.
+func (p *pipelines) close() error {
+	var errs []error
+	for _, c := range p.closers {
+		errs = append(errs, c.Close())
+	}
+	if p.nc != nil {
+		// Drain would wait for subscriptions; the runners have stopped.
+		p.nc.Close()
+	}
+	if p.ns != nil {
+		p.ns.Shutdown()
+		done := make(chan struct{})
+		go func() { p.ns.WaitForShutdown(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			errs = append(errs, errors.New("the embedded NATS server did not stop in 10s"))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,484 @@
+// Package jetstream is Herald's event queue on NATS JetStream: a stream
+// holds the events, each pipeline is a durable pull consumer of it, and a
+// second stream holds the dead letters. By default the NATS server runs
+// inside the Herald process (Embedded) and stores under the data
+// directory; the same code talks to an external NATS cluster.
+//
+// Subjects: events are appended to "<prefix>.events.all"; an event replayed
+// from a pipeline's dead letters goes to "<prefix>.events.replay.<pipeline>",
+// which only that pipeline's consumer reads; dead letters are
+// "<prefix>.dlq.<pipeline>". Event IDs are JetStream message IDs, so an
+// event enqueued twice within the duplicate window is stored once.
+package jetstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/pipeline"
+)
+
+// Config configures a Queue. The zero value works.
+type Config struct {
+	// Prefix starts every subject and names the streams. Zero means
+	// "herald".
+	Prefix string
+	// MaxAge is how long an event is kept in the stream, consumed or not.
+	// Zero means 24h.
+	MaxAge time.Duration
+	// MaxBytes bounds the stream: when full, Enqueue fails (the API answers
+	// 503) rather than dropping queued events. Zero means 1 GiB.
+	MaxBytes int64
+	// DeadLetterMaxAge is how long dead letters are kept. Zero means 7 days.
+	DeadLetterMaxAge time.Duration
+	// Duplicates is the window within which an event ID is stored once.
+	// Zero means 2 minutes.
+	Duplicates time.Duration
+	// Replicas is the streams' replica count on a cluster. Zero means 1.
+	Replicas int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = "herald"
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 24 * time.Hour
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 1 << 30
+	}
+	if c.DeadLetterMaxAge <= 0 {
+		c.DeadLetterMaxAge = 7 * 24 * time.Hour
+	}
+	if c.Duplicates <= 0 {
+		c.Duplicates = 2 * time.Minute
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	return c
+}
+
+// Headers of queued events and dead letters.
+const (
+	hdrEventID  = "Herald-Event-Id"
+	hdrType     = "Herald-Type"
+	hdrOrderKey = "Herald-Order-Key"
+	hdrError    = "Herald-Error"
+	hdrAttempts = "Herald-Attempts"
+	hdrGroup    = "Herald-Pipeline"
+)
+
+// validGroup is what a pipeline name may be: one subject token.
+var validGroup = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Embedded starts a NATS server with JetStream inside the process,
+// storing under dir, reachable only in-process (it opens no port). Stop it
+// with Shutdown then WaitForShutdown, after closing the queue.
+func Embedded(dir string) (*server.Server, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "herald-embedded",
+		JetStream:  true,
+		StoreDir:   filepath.Clean(dir),
+		DontListen: true,
+		NoSigs:     true,
+		NoLog:      true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: embedded NATS server: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("jetstream: embedded NATS server did not start in 10s")
+	}
+	return ns, nil
+}
+
+// ConnectEmbedded returns a client connection to an embedded server.
+func ConnectEmbedded(ns *server.Server) (*nats.Conn, error) {
+	return nats.Connect("", nats.InProcessServer(ns), nats.Name("herald"), nats.MaxReconnects(-1))
+}
+
+// Queue is a pipeline.Queue on JetStream. It is safe for concurrent use.
+type Queue struct {
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	events jetstream.Stream
+	dlq    jetstream.Stream
+	done   jetstream.KeyValue
+}
+
+var _ pipeline.Queue = (*Queue)(nil)
+
+// Open creates (or updates) the streams on nc's JetStream and returns the
+// queue. The queue does not own nc.
+func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
+	cfg = cfg.withDefaults()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	q := &Queue{cfg: cfg, nc: nc, js: js}
+	q.events, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        cfg.Prefix + "_events",
+		Description: "Herald: events waiting for the pipelines",
+		Subjects:    []string{cfg.Prefix + ".events.>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxAge:      cfg.MaxAge,
+		MaxBytes:    cfg.MaxBytes,
+		Duplicates:  cfg.Duplicates,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: events stream: %w", err)
+	}
+	q.dlq, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        cfg.Prefix + "_dlq",
+		Description: "Herald: events the pipelines gave up on",
+		Subjects:    []string{cfg.Prefix + ".dlq.>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      cfg.DeadLetterMaxAge,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: dead-letter stream: %w", err)
+	}
+	q.done, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      cfg.Prefix + "_done",
+		Description: "Herald: events the pipelines finished (DoneStore)",
+		TTL:         cfg.MaxAge, // as long as an event can be redelivered
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: done bucket: %w", err)
+	}
+	return q, nil
+}
+
+var (
+	_ pipeline.DoneStore = (*Queue)(nil)
+	// doneKey turns an idempotency key into a KV key (letters, digits, - and _).
+	doneKey = base64.RawURLEncoding.EncodeToString
+)
+
+// Done reports whether key was marked done.
+func (q *Queue) Done(ctx context.Context, key string) (bool, error) {
+	_, err := q.done.Get(ctx, doneKey([]byte(key)))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, nil
+	}
+	return false, err
+}
+
+// MarkDone marks key done, confirmed by JetStream.
+func (q *Queue) MarkDone(ctx context.Context, key string) error {
+	_, err := q.done.Put(ctx, doneKey([]byte(key)), nil)
+	return err
+}
+
+func (q *Queue) subjectAll() string                { return q.cfg.Prefix + ".events.all" }
+func (q *Queue) subjectReplay(group string) string { return q.cfg.Prefix + ".events.replay." + group }
+func (q *Queue) subjectDLQ(group string) string    { return q.cfg.Prefix + ".dlq." + group }
+
+// eventMsg is the NATS message of an event: the data as the body, the
+// rest in headers.
+func eventMsg(subject string, ev pipeline.Event) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = ev.Data
+	m.Header.Set(hdrEventID, ev.ID)
+	m.Header.Set(hdrType, ev.Type)
+	if k := orderKey(ev); k != "" {
+		m.Header.Set(hdrOrderKey, k)
+	}
+	return m
+}
+
+// orderKey is the thread of a comment event: events of one thread are
+// processed in order.
+func orderKey(ev pipeline.Event) string {
+	var d struct {
+		Thread json.RawMessage `json:"thread"`
+	}
+	if json.Unmarshal(ev.Data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
+		return ""
+	}
+	return string(d.Thread)
+}
+
+// Enqueue appends events, each confirmed stored by JetStream, in order.
+func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(events))
+	for _, ev := range events {
+		if ev.ID == "" {
+			return errors.New("jetstream: event without an ID")
+		}
+		m := eventMsg(q.subjectAll(), ev)
+		m.Header.Set(nats.MsgIdHdr, ev.ID) // stored once within the duplicate window
+		f, err := q.js.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("jetstream: enqueue: %w", err)
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("jetstream: enqueue: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Source returns the durable consumer named group.
+func (q *Queue) Source(ctx context.Context, group string, cfg pipeline.SourceConfig) (pipeline.Source, error) {
+	if !validGroup.MatchString(group) {
+		return nil, fmt.Errorf("jetstream: pipeline name %q: want 1-64 letters, digits, _ or -", group)
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
+	}
+	c, err := q.events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:        group,
+		Description:    "Herald pipeline " + group,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        cfg.AckWait,
+		MaxAckPending:  cfg.MaxInFlight,
+		FilterSubjects: []string{q.subjectAll(), q.subjectReplay(group)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: consumer %s: %w", group, err)
+	}
+	return &source{q: q, group: group, c: c}, nil
+}
+
+// Stats reads the consumer's and the dead-letter stream's figures.
+func (q *Queue) Stats(ctx context.Context, group string) (pipeline.QueueStats, error) {
+	c, err := q.events.Consumer(ctx, group)
+	if err != nil {
+		return pipeline.QueueStats{}, err
+	}
+	ci, err := c.Info(ctx)
+	if err != nil {
+		return pipeline.QueueStats{}, err
+	}
+	st := pipeline.QueueStats{
+		Pending:     ci.NumPending,
+		InFlight:    uint64(ci.NumAckPending),
+		Redelivered: uint64(ci.NumRedelivered),
+	}
+	si, err := q.dlq.Info(ctx, jetstream.WithSubjectFilter(q.subjectDLQ(group)))
+	if err != nil {
+		return st, err
+	}
+	st.Dead = si.State.Subjects[q.subjectDLQ(group)]
+	return st, nil
+}
+
+// Close does nothing: the queue holds no resources besides the
+// connection, which its owner closes.
+func (q *Queue) Close() error { return nil }
+
+// source is one pipeline's consumer.
+type source struct {
+	q     *Queue
+	group string
+	c     jetstream.Consumer
+}
+
+func (s *source) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipeline.Job, error) {
+	fctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
+	defer cancel()
+	batch, err := s.c.Fetch(n, jetstream.FetchContext(fctx))
+	if err != nil {
+		return nil, err
+	}
+	var jobs []pipeline.Job
+	for m := range batch.Messages() {
+		jobs = append(jobs, newJob(s, m))
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && len(jobs) == 0 {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return jobs, nil
+}
+
+// job is one claimed event.
+type job struct {
+	s       *source
+	m       jetstream.Msg
+	ev      pipeline.Event
+	attempt int
+	key     string
+}
+
+func newJob(s *source, m jetstream.Msg) *job {
+	h := m.Headers()
+	j := &job{s: s, m: m, attempt: 1, key: h.Get(hdrOrderKey)}
+	j.ev = pipeline.Event{ID: h.Get(hdrEventID), Type: h.Get(hdrType), Data: m.Data()}
+	if md, err := m.Metadata(); err == nil {
+		j.attempt = int(md.NumDelivered)
+	}
+	return j
+}
+
+func (j *job) Event() pipeline.Event           { return j.ev }
+func (j *job) Attempt() int                    { return j.attempt }
+func (j *job) OrderKey() string                { return j.key }
+func (j *job) Ack(ctx context.Context) error   { return j.m.DoubleAck(ctx) }
+func (j *job) Retry(delay time.Duration) error { return j.m.NakWithDelay(delay) }
+func (j *job) Extend() error                   { return j.m.InProgress() }
+
+// DeadLetter stores the event in the dead-letter stream, confirmed, then
+// acknowledges it.
+func (j *job) DeadLetter(ctx context.Context, reason error, attempts int) error {
+	q := j.s.q
+	m := eventMsg(q.subjectDLQ(j.s.group), j.ev)
+	m.Header.Set(hdrError, reason.Error())
+	m.Header.Set(hdrAttempts, strconv.Itoa(attempts))
+	m.Header.Set(hdrGroup, j.s.group)
+	if _, err := q.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("jetstream: dead letter: %w", err)
+	}
+	return j.m.DoubleAck(ctx)
+}
+
+// DeadLetters returns group's dead-letter queue.
+func (q *Queue) DeadLetters(group string) pipeline.DeadLetters {
+	return &deadLetters{q: q, group: group}
+}
+
+type deadLetters struct {
+	q     *Queue
+	group string
+}
+
+func (d *deadLetters) List(ctx context.Context, limit int) ([]pipeline.DeadLetter, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	// An ordered consumer reads the group's dead letters from the start
+	// without leaving state behind.
+	c, err := d.q.dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{d.q.subjectDLQ(d.group)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	info, err := d.q.dlq.Info(ctx, jetstream.WithSubjectFilter(d.q.subjectDLQ(d.group)))
+	if err != nil {
+		return nil, err
+	}
+	total := int(min(info.State.Subjects[d.q.subjectDLQ(d.group)], uint64(limit)))
+	var out []pipeline.DeadLetter
+	for len(out) < total {
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		batch, err := c.Fetch(total-len(out), jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			return out, err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			out = append(out, deadLetterOf(d.group, m))
+		}
+		cancel()
+		if n == 0 {
+			break
+		}
+	}
+	return out, nil
+}
+
+func deadLetterOf(group string, m jetstream.Msg) pipeline.DeadLetter {
+	h := m.Headers()
+	dl := pipeline.DeadLetter{
+		Group: group,
+		Event: pipeline.Event{ID: h.Get(hdrEventID), Type: h.Get(hdrType), Data: m.Data()},
+		Error: h.Get(hdrError),
+	}
+	dl.Attempts, _ = strconv.Atoi(h.Get(hdrAttempts))
+	if md, err := m.Metadata(); err == nil {
+		dl.Seq = md.Sequence.Stream
+		dl.At = md.Timestamp
+	}
+	return dl
+}
+
+func (d *deadLetters) Replay(ctx context.Context, seqs ...uint64) (int, error) {
+	if len(seqs) == 0 {
+		all, err := d.List(ctx, 1<<20)
+		if err != nil {
+			return 0, err
+		}
+		for _, dl := range all {
+			seqs = append(seqs, dl.Seq)
+		}
+	}
+	n := 0
+	for _, seq := range seqs {
+		raw, err := d.q.dlq.GetMsg(ctx, seq)
+		if err != nil {
+			return n, fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		if raw.Subject != d.q.subjectDLQ(d.group) {
+			return n, fmt.Errorf("dead letter %d: not pipeline %s's", seq, d.group)
+		}
+		ev := pipeline.Event{ID: raw.Header.Get(hdrEventID), Type: raw.Header.Get(hdrType), Data: raw.Data}
+		m := eventMsg(d.q.subjectReplay(d.group), ev)
+		if _, err := d.q.js.PublishMsg(ctx, m); err != nil {
+			return n, fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		if err := d.q.dlq.DeleteMsg(ctx, seq); err != nil {
+			return n, fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+func (d *deadLetters) Drop(ctx context.Context, seq uint64) error {
+	raw, err := d.q.dlq.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	if raw.Subject != d.q.subjectDLQ(d.group) {
+		return fmt.Errorf("dead letter %d: not pipeline %s's", seq, d.group)
+	}
+	return d.q.dlq.DeleteMsg(ctx, seq)
+}

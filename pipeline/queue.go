@@ -1,0 +1,108 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+)
+
+// Queue is a durable event queue with job semantics: events are appended
+// durably, each pipeline (a consumer group) claims them, acknowledges each
+// one after its work is done, retries failures and dead-letters what keeps
+// failing. Implementations: the embedded NATS JetStream (package
+// pipeline/jetstream); Redis Streams and RabbitMQ follow the same contract.
+type Queue interface {
+	// Enqueue appends events durably: when it returns nil, every event
+	// survives a crash of the process. Events with an ID the queue has
+	// seen within its duplicate window are not appended again.
+	Enqueue(ctx context.Context, events []Event) error
+	// Source returns the consumer group named group (created on first
+	// use; each group sees every event once).
+	Source(ctx context.Context, group string, cfg SourceConfig) (Source, error)
+	// DeadLetters returns the dead-lettered events of group.
+	DeadLetters(group string) DeadLetters
+	// Stats returns the queue's figures for group.
+	Stats(ctx context.Context, group string) (QueueStats, error)
+	// Close releases the queue. Sources stop returning jobs.
+	Close() error
+}
+
+// SourceConfig configures a consumer group.
+type SourceConfig struct {
+	// AckWait is how long a claimed event may stay unacknowledged before
+	// the queue gives it to a worker again (the worker died). Zero means
+	// 30s. Long work extends it with Job.Extend.
+	AckWait time.Duration
+	// MaxInFlight bounds the claimed, unacknowledged events. Zero means
+	// 1024.
+	MaxInFlight int
+}
+
+// Source hands out the events of one consumer group.
+type Source interface {
+	// Fetch claims up to n events, waiting up to wait for the first one.
+	// It returns no jobs and no error when none arrived in time.
+	Fetch(ctx context.Context, n int, wait time.Duration) ([]Job, error)
+}
+
+// Job is one claimed event. Exactly one of Ack, Retry and DeadLetter ends
+// it; until then the event is in flight.
+type Job interface {
+	Event() Event
+	// Attempt is 1 for the first delivery, 2 for the first redelivery...
+	Attempt() int
+	// OrderKey is the key whose events must be processed in order (the
+	// thread), or "" when none.
+	OrderKey() string
+	// Ack acknowledges the event: it is done, and confirmed when Ack
+	// returns nil.
+	Ack(ctx context.Context) error
+	// Retry gives the event back to be delivered again after delay.
+	Retry(delay time.Duration) error
+	// Extend tells the queue the job is still being worked on.
+	Extend() error
+	// DeadLetter moves the event to the group's dead-letter queue with
+	// reason and the number of attempts made, then acknowledges it.
+	DeadLetter(ctx context.Context, reason error, attempts int) error
+}
+
+// DeadLetter is an event that failed for good, with why.
+type DeadLetter struct {
+	// Seq identifies the dead letter in its queue (for Replay and Drop).
+	Seq      uint64    `json:"seq"`
+	Group    string    `json:"pipeline"`
+	Event    Event     `json:"event"`
+	Error    string    `json:"error"`
+	Attempts int       `json:"attempts"`
+	At       time.Time `json:"at"`
+}
+
+// DeadLetters manages a group's dead-letter queue.
+type DeadLetters interface {
+	// List returns up to limit dead letters, oldest first.
+	List(ctx context.Context, limit int) ([]DeadLetter, error)
+	// Replay puts the dead letters seqs (all of them when seqs is empty)
+	// back in the group's queue as new deliveries, and removes them from
+	// the dead-letter queue. It returns how many it replayed.
+	Replay(ctx context.Context, seqs ...uint64) (int, error)
+	// Drop removes a dead letter for good.
+	Drop(ctx context.Context, seq uint64) error
+}
+
+// QueueStats are a consumer group's queue figures.
+type QueueStats struct {
+	Pending     uint64 `json:"pending"`     // queued, not yet claimed
+	InFlight    uint64 `json:"in_flight"`   // claimed, not yet acknowledged
+	Redelivered uint64 `json:"redelivered"` // in flight and delivered more than once
+	Dead        uint64 `json:"dead_lettered"`
+}
+
+// DoneStore remembers, across restarts, which events a pipeline has
+// finished: an event delivered again after a crash between its publish
+// and its acknowledgement is then acknowledged without being published
+// twice. Keys are Message.Key ("pipeline:event id").
+type DoneStore interface {
+	// Done reports whether key was marked.
+	Done(ctx context.Context, key string) (bool, error)
+	// MarkDone marks key; when it returns nil the mark survives a crash.
+	MarkDone(ctx context.Context, key string) error
+}

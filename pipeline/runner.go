@@ -1,0 +1,298 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config configures a Runner.
+type Config struct {
+	// Name is the pipeline's name: its consumer group, its metrics label,
+	// and the prefix of its idempotency keys.
+	Name string
+	// Stages run in order for every event.
+	Stages []Stage
+	// Lanes is the number of events processed at once. Events with the
+	// same order key (the thread) always take the same lane, so they are
+	// processed in the order they were queued. Zero means 8.
+	Lanes int
+	// Attempts is how many times an event is tried before it goes to the
+	// dead-letter queue. Zero means 5.
+	Attempts int
+	// Backoff is the wait before the first retry; it doubles with every
+	// retry, up to 5s. Zero means 100ms.
+	Backoff time.Duration
+	// Done, if set, remembers finished events across restarts (see
+	// DoneStore). Without it a redelivered event is kept from subscribers
+	// only by the hub's idempotency window, which a restart empties.
+	Done DoneStore
+	// Logger receives dead-lettered events and queue errors. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Lanes <= 0 {
+		c.Lanes = 8
+	}
+	if c.Attempts <= 0 {
+		c.Attempts = 5
+	}
+	if c.Backoff <= 0 {
+		c.Backoff = 100 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// maxBackoff caps the wait between retries.
+const maxBackoff = 5 * time.Second
+
+// Runner runs one pipeline over one source: it claims events, passes each
+// through the stages and acknowledges it once the last stage (the
+// publish) succeeded. A failing event is retried in its lane with
+// backoff, so that the events of its thread behind it keep their order;
+// after Attempts, or at once for a permanent error, it goes to the
+// dead-letter queue and its lane moves on.
+type Runner struct {
+	cfg    Config
+	src    Source
+	stages []stageCounters
+	seed   maphash.Seed
+
+	in, acked, retried, dead, dropped, duplicates atomic.Uint64
+}
+
+// stageCounters are one stage's figures: every message counts once in In
+// and, when the stage returns, once in Out, Failed or Dropped.
+type stageCounters struct {
+	stage                    Stage
+	in, out, failed, dropped atomic.Uint64
+	nanos                    atomic.Int64 // total time in Process
+}
+
+// NewRunner returns a runner for cfg over src.
+func NewRunner(cfg Config, src Source) (*Runner, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Name == "" {
+		return nil, errors.New("pipeline: a pipeline needs a name")
+	}
+	if len(cfg.Stages) == 0 {
+		return nil, fmt.Errorf("pipeline %s: no stages", cfg.Name)
+	}
+	r := &Runner{cfg: cfg, src: src, seed: maphash.MakeSeed()}
+	r.stages = make([]stageCounters, len(cfg.Stages))
+	for i, st := range cfg.Stages {
+		r.stages[i].stage = st
+	}
+	return r, nil
+}
+
+// Name returns the pipeline's name.
+func (r *Runner) Name() string { return r.cfg.Name }
+
+// Run processes events until ctx ends, then lets every lane finish the
+// event it holds (acknowledging it) and returns nil. Queue errors are
+// logged and retried; Run does not stop for them.
+func (r *Runner) Run(ctx context.Context) error {
+	lanes := make([]chan Job, r.cfg.Lanes)
+	var wg sync.WaitGroup
+	// The lanes finish what they were given even after ctx ends, under a
+	// context that ends only when Run's caller gives up entirely.
+	work := context.WithoutCancel(ctx)
+	for i := range lanes {
+		lanes[i] = make(chan Job, 16)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range lanes[i] {
+				r.process(ctx, work, j)
+			}
+		}()
+	}
+	defer func() {
+		for _, l := range lanes {
+			close(l)
+		}
+		wg.Wait()
+	}()
+
+	batch := 16 * r.cfg.Lanes
+	errWait := 100 * time.Millisecond
+	next := 0
+	for ctx.Err() == nil {
+		jobs, err := r.src.Fetch(ctx, batch, time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			r.cfg.Logger.Warn("pipeline: fetching events failed; retrying", "pipeline", r.cfg.Name, "err", err)
+			select {
+			case <-time.After(errWait):
+			case <-ctx.Done():
+				return nil
+			}
+			errWait = min(2*errWait, maxBackoff)
+			continue
+		}
+		errWait = 100 * time.Millisecond
+		for _, j := range jobs {
+			r.in.Add(1)
+			lane := next
+			if k := j.OrderKey(); k != "" {
+				lane = int(maphash.String(r.seed, k) % uint64(len(lanes)))
+			} else {
+				next = (next + 1) % len(lanes)
+			}
+			select {
+			case lanes[lane] <- j: // blocks while the lane is full: claims wait for capacity
+			case <-ctx.Done():
+				_ = j.Retry(0) // back to the queue for the next run
+			}
+		}
+	}
+	return nil
+}
+
+// process runs one event through the stages, retrying in place, and ends
+// its job. The stages and the acknowledgement run under work; a retry's
+// wait ends with ctx, when the job goes back to the queue.
+func (r *Runner) process(ctx, work context.Context, j Job) {
+	ev := j.Event()
+	key := r.cfg.Name + ":" + ev.ID
+	if r.cfg.Done != nil && j.Attempt() > 1 {
+		// Only a redelivery can have been finished before.
+		if done, err := r.cfg.Done.Done(work, key); err == nil && done {
+			r.duplicates.Add(1)
+			if err := j.Ack(work); err == nil {
+				r.acked.Add(1)
+			}
+			return
+		}
+	}
+	backoff := r.cfg.Backoff
+	for attempt := j.Attempt(); ; attempt++ {
+		err := r.runStages(work, ev)
+		switch {
+		case err == nil || errors.Is(err, ErrDrop):
+			if errors.Is(err, ErrDrop) {
+				r.dropped.Add(1)
+			}
+			if r.cfg.Done != nil {
+				if merr := r.cfg.Done.MarkDone(work, key); merr != nil {
+					r.cfg.Logger.Warn("pipeline: recording a finished event failed", "pipeline", r.cfg.Name, "event", ev.ID, "err", merr)
+				}
+			}
+			if aerr := j.Ack(work); aerr != nil {
+				// The queue delivers it again; the idempotency key keeps
+				// subscribers from seeing it twice.
+				r.cfg.Logger.Warn("pipeline: acknowledging an event failed", "pipeline", r.cfg.Name, "event", ev.ID, "err", aerr)
+				return
+			}
+			r.acked.Add(1)
+			return
+		case IsPermanent(err) || attempt >= r.cfg.Attempts:
+			r.deadLetter(work, j, err, attempt)
+			return
+		}
+		r.retried.Add(1)
+		_ = j.Extend() // the wait below must not let the claim lapse
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			_ = j.Retry(0)
+			return
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+func (r *Runner) deadLetter(ctx context.Context, j Job, reason error, attempts int) {
+	ev := j.Event()
+	r.cfg.Logger.Warn("pipeline: event dead-lettered", "pipeline", r.cfg.Name, "event", ev.ID,
+		"type", ev.Type, "attempts", attempts, "err", reason)
+	if err := j.DeadLetter(ctx, reason, attempts); err != nil {
+		r.cfg.Logger.Error("pipeline: dead-lettering an event failed; it will be delivered again",
+			"pipeline", r.cfg.Name, "event", ev.ID, "err", err)
+		_ = j.Retry(r.cfg.Backoff)
+		return
+	}
+	r.dead.Add(1)
+}
+
+// runStages passes a fresh Message for ev through every stage.
+func (r *Runner) runStages(ctx context.Context, ev Event) error {
+	m := &Message{Event: ev, Type: ev.Type, Key: r.cfg.Name + ":" + ev.ID}
+	for i := range r.stages {
+		sc := &r.stages[i]
+		sc.in.Add(1)
+		start := time.Now()
+		err := sc.stage.Process(ctx, m)
+		sc.nanos.Add(int64(time.Since(start)))
+		switch {
+		case err == nil:
+			sc.out.Add(1)
+		case errors.Is(err, ErrDrop):
+			sc.dropped.Add(1)
+			return err
+		default:
+			sc.failed.Add(1)
+			return fmt.Errorf("%s: %w", sc.stage.Name(), err)
+		}
+	}
+	return nil
+}
+
+// Stats are a pipeline's figures since it started.
+type Stats struct {
+	Pipeline     string       `json:"pipeline"`
+	In           uint64       `json:"in"`            // events claimed
+	Acked        uint64       `json:"acked"`         // events done (published or dropped)
+	Dropped      uint64       `json:"dropped"`       // of Acked, filtered out by a stage
+	Retried      uint64       `json:"retried"`       // retries
+	Duplicates   uint64       `json:"duplicates"`    // of Acked, redeliveries of events already finished
+	DeadLettered uint64       `json:"dead_lettered"` // events given up on
+	Stages       []StageStats `json:"stages"`
+	Queue        *QueueStats  `json:"queue,omitempty"`
+}
+
+// StageStats are one stage's figures. In = Out + Failed + Dropped +
+// the messages in the stage right now: anything else is a lost message.
+type StageStats struct {
+	Stage          string  `json:"stage"`
+	In             uint64  `json:"in"`
+	Out            uint64  `json:"out"`
+	Failed         uint64  `json:"failed"`
+	Dropped        uint64  `json:"dropped"`
+	SecondsTotal   float64 `json:"seconds_total"`
+	MeanLatencySec float64 `json:"mean_latency_seconds"`
+}
+
+// Stats returns the runner's counters.
+func (r *Runner) Stats() Stats {
+	s := Stats{
+		Pipeline: r.cfg.Name, In: r.in.Load(), Acked: r.acked.Load(), Dropped: r.dropped.Load(),
+		Retried: r.retried.Load(), DeadLettered: r.dead.Load(), Duplicates: r.duplicates.Load(),
+	}
+	for i := range r.stages {
+		sc := &r.stages[i]
+		st := StageStats{Stage: sc.stage.Name(), In: sc.in.Load(), Out: sc.out.Load(),
+			Failed: sc.failed.Load(), Dropped: sc.dropped.Load(),
+			SecondsTotal: time.Duration(sc.nanos.Load()).Seconds()}
+		if st.In > 0 {
+			st.MeanLatencySec = st.SecondsTotal / float64(st.In)
+		}
+		s.Stages = append(s.Stages, st)
+	}
+	return s
+}
