@@ -1,14 +1,17 @@
 // Package api serves Herald's HTTP API over the hub: publishing
-// (POST /v1/publish, POST /v1/publish/{channel}), status (GET /v1/status),
-// Prometheus metrics (GET /metrics) and health (GET /healthz, /readyz).
+// (POST /v1/publish, POST /v1/publish/{channel}), events (POST /v1/events),
+// status (GET /v1/status), Prometheus metrics (GET /metrics), the
+// pipelines' dead letters (/v1/admin/pipelines/{pipeline}/dead-letters…)
+// and health (GET /healthz, /readyz).
 //
 // Access: /healthz and /readyz are open to everyone — load balancers and
 // orchestrators probe them without credentials and they reveal nothing.
-// Publishing, /v1/status and /metrics change or reveal server state, so they
-// follow one rule: with no API key configured they answer loopback clients
-// only (403 forbidden otherwise), which makes a default install safe; with
-// keys configured they require "Authorization: Bearer KEY" from every
-// client, loopback included (401 unauthorized otherwise).
+// Publishing, events, /v1/status, /metrics and the admin routes change or
+// reveal server state, so they follow one rule: with no API key configured
+// they answer loopback clients only (403 forbidden otherwise), which makes
+// a default install safe; with keys configured they require
+// "Authorization: Bearer KEY" from every client, loopback included (401
+// unauthorized otherwise).
 //
 // Every error is JSON ({"error":{"code","message"}}), including the 404 and
 // 405 answers of the router (see JSONErrors).
@@ -46,6 +49,11 @@ type Config struct {
 	// Pipelines, if set, returns the pipelines' figures for /v1/status and
 	// /metrics.
 	Pipelines func(ctx context.Context) []pipeline.Stats
+	// DeadLetters, if set, serves the dead-letter routes
+	// (/v1/admin/pipelines/{pipeline}/dead-letters…): it returns the dead
+	// letters of the pipeline named, or false when there is no such
+	// pipeline. Nil means no such routes.
+	DeadLetters func(pipeline string) (pipeline.DeadLetters, bool)
 	// BodyReadTimeout bounds reading a publish body. Zero means 30s.
 	BodyReadTimeout time.Duration
 	// Logger receives internal errors. Nil means slog.Default().
@@ -109,6 +117,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/publish/{channel...}", a.protect(http.HandlerFunc(a.publishRaw)))
 	if a.cfg.Events.Queue != nil {
 		mux.Handle("POST /v1/events", a.protect(http.HandlerFunc(a.events)))
+	}
+	if a.cfg.DeadLetters != nil {
+		a.registerDeadLetters(mux)
 	}
 	mux.Handle("GET /v1/status", a.protect(http.HandlerFunc(a.status)))
 	mux.Handle("GET /metrics", a.protect(a.metrics))

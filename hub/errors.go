@@ -20,6 +20,11 @@ var (
 	ErrShuttingDown             = errors.New("hub: shutting down")
 )
 
+// ErrDuplicate is returned by a History's Append for a message whose
+// idempotency key (Message.Key) and channel it already stores; see
+// Message.Key. The hub never returns it.
+var ErrDuplicate = errors.New("hub: message already stored under its idempotency key")
+
 // ChannelError names the channel an error is about.
 type ChannelError struct {
 	Channel string

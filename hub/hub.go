@@ -274,18 +274,18 @@ func (h *Hub) Publish(ctx context.Context, p Publication) ([]PublishResult, erro
 		if !owner {
 			return e.wait(ctx)
 		}
-		results, err := h.publish(ctx, channels, typ, data)
+		results, err := h.publish(ctx, channels, typ, data, p.IdempotencyKey)
 		h.idem.finish(p.IdempotencyKey, e, results, err)
 		return results, err
 	}
-	return h.publish(ctx, channels, typ, data)
+	return h.publish(ctx, channels, typ, data, "")
 }
 
-func (h *Hub) publish(ctx context.Context, channels []string, typ string, data json.RawMessage) ([]PublishResult, error) {
+func (h *Hub) publish(ctx context.Context, channels []string, typ string, data json.RawMessage, key string) ([]PublishResult, error) {
 	now := time.Now()
 	results := make([]PublishResult, 0, len(channels))
 	for _, ch := range channels {
-		m := &Message{Message: broker.Message{Channel: ch, Type: typ, Data: data, Time: now}}
+		m := &Message{Message: broker.Message{Channel: ch, Type: typ, Data: data, Time: now}, Key: key}
 		if err := h.publishOne(ctx, m); err != nil {
 			return results, &ChannelError{Channel: ch, Err: err}
 		}
@@ -304,6 +304,9 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err := h.history.Append(ctx, m, h.namespace(m.Channel).historyOptions()); err != nil {
+		if errors.Is(err, ErrDuplicate) {
+			return nil // published before (the store remembers the key): m holds its position
+		}
 		return err
 	}
 	if m.Envelope == nil {

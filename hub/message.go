@@ -24,6 +24,13 @@ var ErrInvalidData = errors.New("hub: data is not valid JSON")
 type Message struct {
 	broker.Message
 
+	// Key is the publish's idempotency key, when it has one. A history
+	// store that remembers keys (a durable one) stores a message whose key
+	// and channel it already holds only once: Append then sets Epoch and
+	// Offset to the stored message's and returns ErrDuplicate, and the hub
+	// does not deliver it again.
+	Key string
+
 	sseOnce sync.Once
 	sse     []byte
 }

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -76,15 +77,24 @@ type DeadLetter struct {
 	At       time.Time `json:"at"`
 }
 
+// ErrNoDeadLetter is wrapped by the errors of DeadLetters.Replay and Drop
+// when a sequence number names no dead letter of the group: there never
+// was one, it was replayed, dropped or expired, or it is another group's.
+var ErrNoDeadLetter = errors.New("pipeline: no such dead letter")
+
 // DeadLetters manages a group's dead-letter queue.
 type DeadLetters interface {
 	// List returns up to limit dead letters, oldest first.
 	List(ctx context.Context, limit int) ([]DeadLetter, error)
 	// Replay puts the dead letters seqs (all of them when seqs is empty)
 	// back in the group's queue as new deliveries, and removes them from
-	// the dead-letter queue. It returns how many it replayed.
+	// the dead-letter queue. It returns how many it replayed. It works
+	// through seqs in order and stops at the first one that fails, so n
+	// replayed means seqs[:n] were; a seq naming no dead letter of the
+	// group fails with an error wrapping ErrNoDeadLetter.
 	Replay(ctx context.Context, seqs ...uint64) (int, error)
-	// Drop removes a dead letter for good.
+	// Drop removes a dead letter for good. A seq naming no dead letter of
+	// the group fails with an error wrapping ErrNoDeadLetter.
 	Drop(ctx context.Context, seq uint64) error
 }
 

@@ -1,5 +1,6 @@
 // Command herald is Herald's single binary: `herald serve` runs the server,
-// `herald bench` the load tool, `herald version` prints the version.
+// `herald bench` the load tool, `herald dlq` manages a running server's
+// dead letters, `herald version` prints the version.
 package main
 
 import (
@@ -36,6 +37,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "serve":
 		return serve(ctx, rest, stderr)
+	case "dlq":
+		return dlq(ctx, rest, stdout, stderr)
 	case "bench":
 		// The load tool lives in internal/bench; it owns its flags.
 		return bench.Main(ctx, rest, stdout, stderr)
@@ -45,6 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 && rest[0] == "serve" {
 			serveUsage(stdout, nil)
+			return 0
+		}
+		if len(rest) > 0 && rest[0] == "dlq" {
+			dlqUsage(stdout)
 			return 0
 		}
 		usage(stdout)
@@ -62,8 +69,10 @@ func usage(w io.Writer) {
 Usage:
   herald serve [--listen ADDR] [--config FILE] [--data-dir DIR]
   herald bench [flags]     load test a running server (herald bench -h)
+  herald dlq list|replay|drop PIPELINE ...
+                           a running server's dead letters (herald help dlq)
   herald version
-  herald help [serve]
+  herald help [serve|dlq]
 `)
 }
 

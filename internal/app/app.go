@@ -101,8 +101,22 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 	for _, o := range opts {
 		o(a)
 	}
-	h, err := hub.New(cfg.HubConfig(log))
+	// NATS first: the event queue lives there, and the channel history
+	// with history: jetstream.
+	ev, err := connectNATS(cfg, log)
 	if err != nil {
+		return nil, fmt.Errorf("app: starting the event queue: %w", err)
+	}
+	hcfg := cfg.HubConfig(log)
+	if cfg.History == "jetstream" {
+		if hcfg.History, err = ev.history(context.Background(), cfg); err != nil {
+			_ = ev.close()
+			return nil, fmt.Errorf("app: opening the channel history: %w", err)
+		}
+	}
+	h, err := hub.New(hcfg)
+	if err != nil {
+		_ = ev.close()
 		return nil, fmt.Errorf("app: starting the hub: %w", err)
 	}
 	a.hub = h
@@ -115,14 +129,15 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 	})
 	if err != nil {
 		_ = h.Shutdown(context.Background())
+		_ = ev.close()
 		return nil, fmt.Errorf("app: starting the connection engine: %w", err)
 	}
 	a.engine = eng
 
-	ev, err := newPipelines(context.Background(), cfg, h, log)
-	if err != nil {
+	if err := ev.openQueue(context.Background(), cfg, h, log); err != nil {
 		_ = eng.Shutdown(context.Background())
 		_ = h.Shutdown(context.Background())
+		_ = ev.close()
 		return nil, fmt.Errorf("app: starting the event pipelines: %w", err)
 	}
 	a.events = ev
@@ -146,7 +161,8 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 			MaxEventBytes: cfg.Events.MaxEventBytes,
 			MaxBatch:      cfg.Events.MaxBatch,
 		},
-		Pipelines: ev.stats,
+		Pipelines:   ev.stats,
+		DeadLetters: ev.deadLetters,
 	})
 
 	mux := http.NewServeMux()

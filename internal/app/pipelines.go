@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/heraldhq/herald/history/jshistory"
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/pipeline"
@@ -34,51 +35,66 @@ type pipelines struct {
 	done   sync.WaitGroup
 }
 
-// newPipelines opens the queue and builds every pipeline of cfg. On error
-// everything it started is released.
-func newPipelines(ctx context.Context, cfg config.Config, h *hub.Hub, log *slog.Logger) (p *pipelines, err error) {
+// connectNATS starts the embedded NATS server (storing under the data
+// directory) or connects to queue.url. The returned pipelines hold the
+// connection; close releases it.
+func connectNATS(cfg config.Config, log *slog.Logger) (p *pipelines, err error) {
 	p = &pipelines{log: log}
-	defer func() {
-		if err != nil {
-			p.close()
-		}
-	}()
 	if cfg.Queue.URL == "" {
 		if p.ns, err = jetstream.Embedded(filepath.Join(cfg.DataDir, "jetstream")); err != nil {
 			return nil, err
 		}
 		if p.nc, err = jetstream.ConnectEmbedded(p.ns); err != nil {
+			p.close()
 			return nil, fmt.Errorf("connecting to the embedded NATS server: %w", err)
 		}
 	} else if p.nc, err = nats.Connect(cfg.Queue.URL, nats.Name("herald"), nats.MaxReconnects(-1)); err != nil {
 		return nil, fmt.Errorf("connecting to NATS at %s: %w", cfg.Queue.URL, err)
 	}
+	return p, nil
+}
+
+// history returns the JetStream channel history on p's connection.
+func (p *pipelines) history(ctx context.Context, cfg config.Config) (*jshistory.History, error) {
+	maxSize, maxTTL := cfg.DefaultNamespace.HistorySize, cfg.DefaultNamespace.HistoryTTL
+	for _, n := range cfg.Namespaces {
+		maxSize, maxTTL = max(maxSize, n.HistorySize), max(maxTTL, n.HistoryTTL)
+	}
+	return jshistory.New(ctx, p.nc, jshistory.Config{
+		MaxPerChannel: int64(max(maxSize, 1)),
+		MaxAge:        max(maxTTL, time.Hour) + time.Hour, // past the longest TTL, so heads survive it
+	})
+}
+
+// openQueue opens the queue on p's connection and builds every pipeline
+// of cfg.
+func (p *pipelines) openQueue(ctx context.Context, cfg config.Config, h *hub.Hub, log *slog.Logger) (err error) {
 	p.queue, err = jetstream.Open(ctx, p.nc, jetstream.Config{
 		MaxAge:   cfg.Queue.MaxAge,
 		MaxBytes: int64(cfg.Queue.MaxBytes),
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, pc := range cfg.Pipelines {
 		stages, err := p.buildStages(pc, cfg, h)
 		if err != nil {
-			return nil, fmt.Errorf("pipeline %s: %w", pc.Name, err)
+			return fmt.Errorf("pipeline %s: %w", pc.Name, err)
 		}
 		src, err := p.queue.Source(ctx, pc.Name, pipeline.SourceConfig{AckWait: cfg.Queue.AckWait})
 		if err != nil {
-			return nil, fmt.Errorf("pipeline %s: %w", pc.Name, err)
+			return fmt.Errorf("pipeline %s: %w", pc.Name, err)
 		}
 		r, err := pipeline.NewRunner(pipeline.Config{
 			Name: pc.Name, Stages: stages, Lanes: pc.Lanes, Attempts: pc.Attempts, Backoff: pc.Backoff,
 			Done: p.queue, Logger: log,
 		}, src)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		p.runners = append(p.runners, r)
 	}
-	return p, nil
+	return nil
 }
 
 // buildStages turns a pipeline's configuration into its stages.
@@ -185,6 +201,17 @@ func (p *pipelines) stats(ctx context.Context) []pipeline.Stats {
 		out = append(out, st)
 	}
 	return out
+}
+
+// deadLetters returns the dead-letter queue of the configured pipeline
+// name; false when no pipeline has that name.
+func (p *pipelines) deadLetters(name string) (pipeline.DeadLetters, bool) {
+	for _, r := range p.runners {
+		if r.Name() == name {
+			return p.queue.DeadLetters(name), true
+		}
+	}
+	return nil, false
 }
 
 // close releases the queue, the connection and the embedded server.

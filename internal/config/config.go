@@ -67,6 +67,11 @@ type Config struct {
 	// wheel); "goroutines" gives each connection a reader and a writer
 	// goroutine. epoll falls back to goroutines where it is unavailable.
 	Engine string `yaml:"engine"`
+	// History is where channel history lives: "memory" (the default; lost
+	// when the process ends, which clients see as a gap) or "jetstream"
+	// (the event queue's NATS JetStream, embedded or queue.url: survives
+	// restarts, so a client resumes without loss after a crash).
+	History string `yaml:"history"`
 	// IdempotencyWindow is how long a publish idempotency key is
 	// remembered. Zero means 5m.
 	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
@@ -256,6 +261,7 @@ const (
 	DefaultLogLevel                 = "info"
 	DefaultLogFormat                = "text"
 	DefaultEngine                   = "epoll"
+	DefaultHistory                  = "memory"
 	DefaultShutdownTimeout          = 10 * time.Second
 	DefaultWriteTimeout             = 10 * time.Second
 	DefaultIdempotencyWindow        = 5 * time.Minute
@@ -281,6 +287,7 @@ func (c Config) Defaults() Config {
 	setDefault(&c.LogLevel, DefaultLogLevel)
 	setDefault(&c.LogFormat, DefaultLogFormat)
 	setDefault(&c.Engine, DefaultEngine)
+	setDefault(&c.History, DefaultHistory)
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.IdempotencyWindow, DefaultIdempotencyWindow)
@@ -358,6 +365,9 @@ func (c Config) Validate() error {
 	}
 	if !slices.Contains([]string{"text", "json"}, c.LogFormat) {
 		bad("log_format", "%q is not text or json", c.LogFormat)
+	}
+	if !slices.Contains([]string{"memory", "jetstream"}, c.History) {
+		bad("history", "%q is not memory or jetstream", c.History)
 	}
 	if !slices.Contains([]string{"epoll", "goroutines"}, c.Engine) {
 		bad("engine", "%q is not epoll or goroutines", c.Engine)

@@ -26,7 +26,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Listen: "127.0.0.1:8080", DataDir: "./data", LogLevel: "info", LogFormat: "text", Engine: "epoll",
+		Listen: "127.0.0.1:8080", DataDir: "./data", LogLevel: "info", LogFormat: "text", Engine: "epoll", History: "memory",
 		ShutdownTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdempotencyWindow: 5 * time.Minute,
 		SSE:    SSEConfig{Heartbeat: 25 * time.Second, Retry: 2 * time.Second},
 		WS:     WSConfig{Heartbeat: 25 * time.Second, MaxMessageBytes: 16384},

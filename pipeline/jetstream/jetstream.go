@@ -452,12 +452,9 @@ func (d *deadLetters) Replay(ctx context.Context, seqs ...uint64) (int, error) {
 	}
 	n := 0
 	for _, seq := range seqs {
-		raw, err := d.q.dlq.GetMsg(ctx, seq)
+		raw, err := d.get(ctx, seq)
 		if err != nil {
-			return n, fmt.Errorf("dead letter %d: %w", seq, err)
-		}
-		if raw.Subject != d.q.subjectDLQ(d.group) {
-			return n, fmt.Errorf("dead letter %d: not pipeline %s's", seq, d.group)
+			return n, err
 		}
 		ev := pipeline.Event{ID: raw.Header.Get(hdrEventID), Type: raw.Header.Get(hdrType), Data: raw.Data}
 		m := eventMsg(d.q.subjectReplay(d.group), ev)
@@ -473,12 +470,30 @@ func (d *deadLetters) Replay(ctx context.Context, seqs ...uint64) (int, error) {
 }
 
 func (d *deadLetters) Drop(ctx context.Context, seq uint64) error {
-	raw, err := d.q.dlq.GetMsg(ctx, seq)
-	if err != nil {
+	if _, err := d.get(ctx, seq); err != nil {
+		return err
+	}
+	if err := d.q.dlq.DeleteMsg(ctx, seq); err != nil {
+		// Replayed or dropped since get: say so, not "deletion unsuccessful".
+		if _, gerr := d.get(ctx, seq); errors.Is(gerr, pipeline.ErrNoDeadLetter) {
+			return gerr
+		}
 		return fmt.Errorf("dead letter %d: %w", seq, err)
 	}
-	if raw.Subject != d.q.subjectDLQ(d.group) {
-		return fmt.Errorf("dead letter %d: not pipeline %s's", seq, d.group)
+	return nil
+}
+
+// get reads the dead letter seq of d's group. A message that is missing
+// or on another group's subject is pipeline.ErrNoDeadLetter.
+func (d *deadLetters) get(ctx context.Context, seq uint64) (*jetstream.RawStreamMsg, error) {
+	raw, err := d.q.dlq.GetMsg(ctx, seq)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, fmt.Errorf("dead letter %d of pipeline %s: %w (%w)", seq, d.group, pipeline.ErrNoDeadLetter, err)
+	case err != nil:
+		return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+	case raw.Subject != d.q.subjectDLQ(d.group):
+		return nil, fmt.Errorf("dead letter %d: not pipeline %s's: %w", seq, d.group, pipeline.ErrNoDeadLetter)
 	}
-	return d.q.dlq.DeleteMsg(ctx, seq)
+	return raw, nil
 }

@@ -295,8 +295,8 @@ func testDeadLetters(t *testing.T, h Harness) {
 	if err != nil || len(list) != 0 {
 		t.Fatalf("dead letters after replay and drop: %+v, %v", list, err)
 	}
-	if err := dl.Drop(context.Background(), byID["bad"].Seq); err == nil {
-		t.Fatal("dropping a dropped dead letter succeeded")
+	if err := dl.Drop(context.Background(), byID["bad"].Seq); !errors.Is(err, pipeline.ErrNoDeadLetter) {
+		t.Fatalf("dropping a dropped dead letter: %v, want pipeline.ErrNoDeadLetter", err)
 	}
 }
 

@@ -1,0 +1,376 @@
+// Package jshistory is a hub.History on NATS JetStream: channel history
+// that survives a restart of Herald, and that several Herald nodes share
+// (a cursor from one node works on another).
+//
+// One stream holds every channel's messages, one subject per channel
+// ("<prefix>.history.<channel in base64url>"), each message carrying its
+// epoch and offset in headers. A key-value bucket holds each channel's
+// epoch, created by the first node that needs it, so that nodes agree.
+// Appends are optimistic: each expects the channel's last stream sequence
+// it knows, and on a conflict (another node appended) it reads the head
+// again and retries, so offsets have no holes and no duplicates across
+// nodes.
+//
+// Retention: the namespace's size and TTL apply when reading, as with the
+// memory store; the stream physically keeps at most MaxPerChannel
+// messages per channel for at most MaxAge. A channel whose messages have
+// all aged out of the stream starts a new epoch, which readers see as a
+// gap.
+package jshistory
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/hub"
+)
+
+// Config configures a History. The zero value works.
+type Config struct {
+	// Prefix names the stream, the bucket and the subjects. Zero means
+	// "herald".
+	Prefix string
+	// MaxPerChannel is the most messages the stream keeps per channel;
+	// keep it at least the largest namespace history_size. Zero means 1000.
+	MaxPerChannel int64
+	// MaxAge is how long the stream keeps a message; keep it longer than
+	// the largest history_ttl. Zero means 24h.
+	MaxAge time.Duration
+	// Duplicates is the window within which a message with an idempotency
+	// key (hub.Message.Key) is stored once. JetStream keeps the keys of
+	// the window in memory. Zero means 2 minutes.
+	Duplicates time.Duration
+	// Replicas on a cluster. Zero means 1.
+	Replicas int
+}
+
+// Headers of a stored message.
+const (
+	hdrEpoch   = "Herald-Epoch"
+	hdrOffset  = "Herald-Offset"
+	hdrType    = "Herald-Type"
+	hdrTime    = "Herald-Time"
+	hdrChannel = "Herald-Channel"
+)
+
+// History is a hub.History on JetStream. It is safe for concurrent use.
+type History struct {
+	cfg    Config
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	epochs jetstream.KeyValue
+
+	mu    sync.Mutex
+	heads map[string]head // this node's view of channels' heads; a hint, checked by every append
+}
+
+// head is what a node knows of a channel's end.
+type head struct {
+	epoch  string
+	offset uint64
+	seq    uint64 // stream sequence of the message at offset; 0 when none
+}
+
+// maxHeads bounds the head cache; past it, the cache starts again.
+const maxHeads = 1 << 16
+
+var _ hub.History = (*History)(nil)
+
+// New creates (or updates) the stream and bucket on nc's JetStream.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*History, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = "herald"
+	}
+	if cfg.MaxPerChannel <= 0 {
+		cfg.MaxPerChannel = 1000
+	}
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = 24 * time.Hour
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.Duplicates <= 0 {
+		cfg.Duplicates = 2 * time.Minute
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jshistory: %w", err)
+	}
+	h := &History{cfg: cfg, js: js, heads: make(map[string]head)}
+	h.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              cfg.Prefix + "_history",
+		Description:       "Herald: channel history",
+		Subjects:          []string{cfg.Prefix + ".history.>"},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgsPerSubject: cfg.MaxPerChannel,
+		MaxAge:            cfg.MaxAge,
+		Duplicates:        cfg.Duplicates,
+		AllowDirect:       true,
+		Replicas:          cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jshistory: stream: %w", err)
+	}
+	h.epochs, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      cfg.Prefix + "_epochs",
+		Description: "Herald: each channel's history epoch",
+		TTL:         cfg.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jshistory: epochs bucket: %w", err)
+	}
+	return h, nil
+}
+
+func (h *History) subject(ch string) string {
+	return h.cfg.Prefix + ".history." + base64.RawURLEncoding.EncodeToString([]byte(ch))
+}
+
+func epochKey(ch string) string { return base64.RawURLEncoding.EncodeToString([]byte(ch)) }
+
+func newEpoch() string {
+	// 40 random bits as 8 base-32 digits, as the memory store's.
+	return strconv.FormatUint(rand.Uint64()>>24|1<<39, 32)
+}
+
+// readHead reads a channel's head from the stream, and its epoch from the
+// bucket, starting one when the channel has none. A channel whose
+// messages all aged out gets a new epoch: its offsets cannot continue.
+func (h *History) readHead(ctx context.Context, ch string) (head, error) {
+	var hd head
+	last, err := h.stream.GetLastMsgForSubject(ctx, h.subject(ch))
+	switch {
+	case err == nil:
+		hd.seq = last.Sequence
+		hd.epoch = last.Header.Get(hdrEpoch)
+		hd.offset, _ = strconv.ParseUint(last.Header.Get(hdrOffset), 10, 64)
+		return hd, nil
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return hd, err
+	}
+	// No message: the channel is new, or its history is gone.
+	e, err := h.epochs.Get(ctx, epochKey(ch))
+	switch {
+	case err == nil && string(e.Value()) != "":
+		epoch, used := splitEpoch(string(e.Value()))
+		if !used {
+			return head{epoch: epoch}, nil
+		}
+		// Messages were appended in this epoch and are gone: start another.
+		next := newEpoch()
+		if _, err := h.epochs.Update(ctx, epochKey(ch), []byte(next), e.Revision()); err != nil {
+			return h.readHead(ctx, ch) // another node did it first
+		}
+		return head{epoch: next}, nil
+	case err == nil || errors.Is(err, jetstream.ErrKeyNotFound):
+		next := newEpoch()
+		if _, err := h.epochs.Create(ctx, epochKey(ch), []byte(next)); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return h.readHead(ctx, ch)
+			}
+			return hd, err
+		}
+		return head{epoch: next}, nil
+	}
+	return hd, err
+}
+
+// splitEpoch reads a bucket value: the epoch, and "+" once a message was
+// appended in it.
+func splitEpoch(v string) (epoch string, used bool) {
+	if n := len(v); n > 0 && v[n-1] == '+' {
+		return v[:n-1], true
+	}
+	return v, false
+}
+
+// markUsed records in the bucket that the epoch has messages, so that
+// losing them all later starts a new epoch.
+func (h *History) markUsed(ctx context.Context, ch, epoch string) error {
+	e, err := h.epochs.Get(ctx, epochKey(ch))
+	if err != nil {
+		return err
+	}
+	if got, used := splitEpoch(string(e.Value())); got != epoch || used {
+		return nil
+	}
+	_, err = h.epochs.Update(ctx, epochKey(ch), []byte(epoch+"+"), e.Revision())
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil // another node marked it
+	}
+	return err
+}
+
+func (h *History) cached(ch string) (head, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	hd, ok := h.heads[ch]
+	return hd, ok
+}
+
+func (h *History) remember(ch string, hd head) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.heads) >= maxHeads {
+		clear(h.heads)
+	}
+	h.heads[ch] = hd
+}
+
+// Append implements hub.History: the message gets the channel's next
+// offset, is sealed, and is stored.
+func (h *History) Append(ctx context.Context, m *hub.Message, opts hub.HistoryOptions) error {
+	subj := h.subject(m.Channel)
+	hd, ok := h.cached(m.Channel)
+	for attempt := 0; ; attempt++ {
+		if !ok {
+			var err error
+			if hd, err = h.readHead(ctx, m.Channel); err != nil {
+				return fmt.Errorf("jshistory: %s: %w", m.Channel, err)
+			}
+		}
+		m.Epoch, m.Offset = hd.epoch, hd.offset+1
+		msg := nats.NewMsg(subj)
+		msg.Data = m.Data
+		msg.Header.Set(hdrEpoch, m.Epoch)
+		msg.Header.Set(hdrOffset, strconv.FormatUint(m.Offset, 10))
+		msg.Header.Set(hdrType, m.Type)
+		msg.Header.Set(hdrTime, m.Time.UTC().Format(time.RFC3339Nano))
+		msg.Header.Set(hdrChannel, m.Channel)
+		if m.Key != "" {
+			// JetStream stores a message ID once within the stream's
+			// duplicate window: a publish repeated after a crash is not
+			// appended twice.
+			msg.Header.Set(nats.MsgIdHdr, m.Key+"|"+m.Channel)
+		}
+		ack, err := h.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(hd.seq))
+		if err == nil && ack.Duplicate {
+			return h.duplicate(ctx, m, ack.Sequence)
+		}
+		if err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence && attempt < 100 {
+				ok = false // another node appended: read the head again
+				continue
+			}
+			return fmt.Errorf("jshistory: %s: %w", m.Channel, err)
+		}
+		if m.Offset == 1 {
+			if err := h.markUsed(ctx, m.Channel, m.Epoch); err != nil {
+				return fmt.Errorf("jshistory: %s: %w", m.Channel, err)
+			}
+		}
+		h.remember(m.Channel, head{epoch: m.Epoch, offset: m.Offset, seq: ack.Sequence})
+		m.Seal()
+		return nil
+	}
+}
+
+// duplicate gives m the position of the stored message it repeats.
+func (h *History) duplicate(ctx context.Context, m *hub.Message, seq uint64) error {
+	raw, err := h.stream.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("jshistory: %s: reading the original of a duplicate: %w", m.Channel, err)
+	}
+	orig := decode(m.Channel, raw)
+	m.Epoch, m.Offset, m.Time = orig.Epoch, orig.Offset, orig.Time
+	m.Seal()
+	return hub.ErrDuplicate
+}
+
+// Head implements hub.History.
+func (h *History) Head(ctx context.Context, ch string, _ hub.HistoryOptions) (hub.Position, error) {
+	hd, err := h.readHead(ctx, ch)
+	if err != nil {
+		return hub.Position{}, fmt.Errorf("jshistory: %s: %w", ch, err)
+	}
+	return hub.Position{Epoch: hd.epoch, Offset: hd.offset}, nil
+}
+
+// Since implements hub.History. It reads the channel's retained messages
+// from the oldest (at most MaxPerChannel of them), keeping those after pos
+// within the namespace's size and TTL.
+func (h *History) Since(ctx context.Context, ch string, pos hub.Position, opts hub.HistoryOptions) ([]*hub.Message, hub.Position, bool, error) {
+	hd, err := h.readHead(ctx, ch)
+	if err != nil {
+		return nil, hub.Position{}, false, fmt.Errorf("jshistory: %s: %w", ch, err)
+	}
+	headPos := hub.Position{Epoch: hd.epoch, Offset: hd.offset}
+	gap := pos.Epoch != hd.epoch || pos.Offset > hd.offset
+	if !gap && pos.Offset == hd.offset {
+		return nil, headPos, false, nil
+	}
+	if opts.Size <= 0 || hd.seq == 0 {
+		return nil, headPos, gap || hd.offset > pos.Offset, nil
+	}
+	// The retained window: the last Size offsets, younger than TTL.
+	oldest := uint64(1)
+	if hd.offset > uint64(opts.Size) {
+		oldest = hd.offset - uint64(opts.Size) + 1
+	}
+	var cutoff time.Time
+	if opts.TTL > 0 {
+		cutoff = time.Now().Add(-opts.TTL)
+	}
+	var out []*hub.Message
+	subj := h.subject(ch)
+	for seq := uint64(0); seq <= hd.seq; {
+		raw, err := h.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, headPos, false, fmt.Errorf("jshistory: %s: %w", ch, err)
+		}
+		seq = raw.Sequence + 1
+		m := decode(ch, raw)
+		if m.Epoch != hd.epoch || m.Offset < oldest || (!cutoff.IsZero() && m.Time.Before(cutoff)) {
+			continue
+		}
+		out = append(out, m)
+	}
+	if !gap {
+		first := hd.offset + 1 // the oldest retained offset
+		if len(out) > 0 {
+			first = out[0].Offset
+		}
+		gap = pos.Offset+1 < first
+		kept := out[:0]
+		for _, m := range out {
+			if m.Offset > pos.Offset {
+				kept = append(kept, m)
+			}
+		}
+		out = kept
+	}
+	return out, headPos, gap, nil
+}
+
+// decode rebuilds a sealed message from its stored form.
+func decode(ch string, raw *jetstream.RawStreamMsg) *hub.Message {
+	m := &hub.Message{Message: broker.Message{
+		Channel: ch,
+		Epoch:   raw.Header.Get(hdrEpoch),
+		Type:    raw.Header.Get(hdrType),
+		Data:    raw.Data,
+	}}
+	m.Offset, _ = strconv.ParseUint(raw.Header.Get(hdrOffset), 10, 64)
+	m.Time, _ = time.Parse(time.RFC3339Nano, raw.Header.Get(hdrTime))
+	m.Seal()
+	return m
+}

@@ -1,0 +1,128 @@
+package jshistory_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/heraldhq/herald/history/jshistory"
+	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/hub/historytest"
+	"github.com/heraldhq/herald/pipeline/jetstream"
+)
+
+// embedded starts an embedded NATS server with JetStream in a temporary
+// directory, stopped when the test ends.
+func embedded(t *testing.T) *server.Server {
+	t.Helper()
+	ns, err := jetstream.Embedded(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+func open(t *testing.T, ns *server.Server) hub.History {
+	t.Helper()
+	nc, err := jetstream.ConnectEmbedded(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := jshistory.New(ctx, nc, jshistory.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestConformance(t *testing.T) {
+	historytest.Run(t, func(t *testing.T) hub.History { return open(t, embedded(t)) })
+	historytest.RunShared(t, func(t *testing.T, n int) []hub.History {
+		ns := embedded(t)
+		hs := make([]hub.History, n)
+		for i := range hs {
+			hs[i] = open(t, ns)
+		}
+		return hs
+	})
+}
+
+// TestSurvivesRestart: after the NATS server restarts on the same
+// directory, a new History continues the channel's epoch and offsets, and
+// a cursor from before reads what followed it without a gap.
+func TestSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	start := func() *server.Server {
+		ns, err := jetstream.Embedded(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	opts := hub.HistoryOptions{Size: 100, TTL: time.Hour}
+	ns := start()
+	h := open(t, ns)
+	var msgs []*hub.Message
+	for i := range 3 {
+		m := &hub.Message{}
+		m.Channel, m.Type, m.Data, m.Time = "thread:t1", "post.created", []byte(`{"i":`+string(rune('0'+i))+`}`), time.Now()
+		if err := h.Append(t.Context(), m, opts); err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	ns.Shutdown()
+	ns.WaitForShutdown()
+
+	ns = start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	h = open(t, ns)
+	got, head, gap, err := h.Since(t.Context(), "thread:t1", hub.Position{Epoch: msgs[0].Epoch, Offset: 1}, opts)
+	if err != nil || gap || head.Epoch != msgs[0].Epoch || head.Offset != 3 || len(got) != 2 || got[0].Offset != 2 ||
+		string(got[1].Envelope) != string(msgs[2].Envelope) {
+		t.Fatalf("after restart: %d messages, head %+v, gap %v, err %v", len(got), head, gap, err)
+	}
+	m := &hub.Message{}
+	m.Channel, m.Type, m.Data, m.Time = "thread:t1", "post.created", []byte(`{"i":3}`), time.Now()
+	if err := h.Append(t.Context(), m, opts); err != nil || m.Offset != 4 || m.Epoch != msgs[0].Epoch {
+		t.Fatalf("append after restart: offset %d epoch %q (want 4, %q): %v", m.Offset, m.Epoch, msgs[0].Epoch, err)
+	}
+}
+
+// TestDuplicateKey: a message whose idempotency key and channel were
+// stored is not stored again; Append reports hub.ErrDuplicate with the
+// original's position.
+func TestDuplicateKey(t *testing.T) {
+	h := open(t, embedded(t))
+	opts := hub.HistoryOptions{Size: 100, TTL: time.Hour}
+	newMsg := func(key string) *hub.Message {
+		m := &hub.Message{Key: key}
+		m.Channel, m.Type, m.Data, m.Time = "post:p1", "post.created", []byte(`{"a":1}`), time.Now()
+		return m
+	}
+	first := newMsg("public:evt-1")
+	if err := h.Append(t.Context(), first, opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Append(t.Context(), newMsg("public:evt-2"), opts); err != nil {
+		t.Fatal(err)
+	}
+	again := newMsg("public:evt-1")
+	if err := h.Append(t.Context(), again, opts); !errors.Is(err, hub.ErrDuplicate) || again.Offset != first.Offset || again.Epoch != first.Epoch {
+		t.Fatalf("repeat: %v, offset %d (first %d)", err, again.Offset, first.Offset)
+	}
+	msgs, head, _, err := h.Since(t.Context(), "post:p1", hub.Position{Epoch: first.Epoch}, opts)
+	if err != nil || len(msgs) != 2 || head.Offset != 2 {
+		t.Fatalf("%d messages, head %+v, %v: want 2", len(msgs), head, err)
+	}
+}
