@@ -38,7 +38,9 @@ type SourceConfig struct {
 	MaxInFlight int
 }
 
-// Source hands out the events of one consumer group.
+// Source hands out the events of one consumer group. A Source that
+// claims events ahead of Fetch implements io.Closer too: Runner.Run closes
+// it when it returns, and Close gives those events back.
 type Source interface {
 	// Fetch claims up to n events, waiting up to wait for the first one.
 	// It returns no jobs and no error when none arrived in time.
@@ -54,8 +56,10 @@ type Job interface {
 	// OrderKey is the key whose events must be processed in order (the
 	// thread), or "" when none.
 	OrderKey() string
-	// Ack acknowledges the event: it is done, and confirmed when Ack
-	// returns nil.
+	// Ack acknowledges the event: it is done. The queue may record it
+	// after Ack returns; an acknowledgement lost in a crash means one
+	// more delivery, which the pipeline's DoneStore and idempotency keys
+	// keep from subscribers.
 	Ack(ctx context.Context) error
 	// Retry gives the event back to be delivered again after delay.
 	Retry(delay time.Duration) error

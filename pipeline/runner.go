@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,10 @@ func (r *Runner) Name() string { return r.cfg.Name }
 // event it holds (acknowledging it) and returns nil. Queue errors are
 // logged and retried; Run does not stop for them.
 func (r *Runner) Run(ctx context.Context) error {
+	if c, ok := r.src.(io.Closer); ok {
+		// Last, after the lanes finished: events claimed ahead go back.
+		defer c.Close()
+	}
 	lanes := make([]chan Job, r.cfg.Lanes)
 	var wg sync.WaitGroup
 	// The lanes finish what they were given even after ctx ends, under a
@@ -168,8 +173,10 @@ func (r *Runner) Run(ctx context.Context) error {
 func (r *Runner) process(ctx, work context.Context, j Job) {
 	ev := j.Event()
 	key := r.cfg.Name + ":" + ev.ID
-	if r.cfg.Done != nil && j.Attempt() > 1 {
-		// Only a redelivery can have been finished before.
+	if r.cfg.Done != nil {
+		// Checked on every delivery, not only those counted as
+		// redeliveries: after a crash the queue's delivery counts may be
+		// older than what was done.
 		if done, err := r.cfg.Done.Done(work, key); err == nil && done {
 			r.duplicates.Add(1)
 			if err := j.Ack(work); err == nil {

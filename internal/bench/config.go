@@ -49,6 +49,7 @@ type Config struct {
 	ServerPIDs    []int         // processes whose RSS and CPU are reported (summed)
 	Publishers    int           // concurrent publish goroutines
 	PublishPath   string        // "/v1/publish" (JSON body) or a path with {channel} (raw body)
+	Ingest        bool          // post comment events to /v1/events; subscribers listen on their thread: channels
 	SubscribePath string        // path with {channel}; empty = Herald's for the transport
 	ChannelPrefix string        // channel names are prefix + index
 	JSONPath      string        // write the report as JSON here; "-" = stdout
@@ -87,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&pids, "server-pid", "", "server `PID`s (comma-separated, summed) to report RSS and CPU of")
 	fs.IntVar(&c.Publishers, "publishers", 16, "concurrent publish requests (each owns a share of the channels)")
 	fs.StringVar(&c.PublishPath, "publish-path", "/v1/publish", "publish path: /v1/publish sends JSON with the channel; a path with {channel} sends the payload as the body")
+	fs.BoolVar(&c.Ingest, "ingest", false, "ingest mode: post post.created events to /v1/events (the default pipeline routes each to thread:CHANNEL and four more channels) instead of publishing; channels are thread: channels")
 	fs.StringVar(&c.SubscribePath, "subscribe-path", "", "subscribe path with {channel}; empty = /v1/sse?channel={channel} or /v1/ws?channel={channel}")
 	fs.StringVar(&c.ChannelPrefix, "channel-prefix", "", "channel name prefix; empty = bench:RUNID- (fresh channels each run)")
 	fs.StringVar(&c.JSONPath, "json", "", "also write the report as JSON to `FILE` (- = stdout; the summary then goes to stderr)")
@@ -109,6 +111,14 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	}
 	if c.ChannelPrefix == "" {
 		c.ChannelPrefix = "bench:" + runID() + "-"
+	}
+	if c.Ingest {
+		// Each event's thread is the channel name without "thread:", and
+		// the pipeline publishes it to thread:THREAD.
+		if !strings.HasPrefix(c.ChannelPrefix, "thread:") {
+			c.ChannelPrefix = "thread:" + c.ChannelPrefix
+		}
+		c.PublishPath = "/v1/events"
 	}
 	if c.SubscribePath == "" {
 		c.SubscribePath = "/v1/" + c.Transport + "?channel={channel}"

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,10 +148,33 @@ func (p *publisher) publish(ctx context.Context, c int, body []byte) []byte {
 	target := p.url
 	body = body[:0]
 	ts := time.Now().UnixNano()
-	if p.raw {
+	switch {
+	case p.cfg.Ingest:
+		// A comment event whose data carries the payload's fields; the
+		// default pipeline keeps them and routes the event to
+		// thread:THREAD (and forum:, post:, user:, firehose).
+		thread := strings.TrimPrefix(p.names[c], "thread:")
+		body = append(body, `{"id":"`...)
+		body = append(body, thread...)
+		body = append(body, '-')
+		body = strconv.AppendUint(body, seq, 10)
+		body = append(body, `","type":"post.created","data":{"id":"`...)
+		body = append(body, thread...)
+		body = append(body, '-')
+		body = strconv.AppendUint(body, seq, 10)
+		body = append(body, `","thread":"`...)
+		body = append(body, thread...)
+		body = append(body, `","forum":"bench","author":{"id":"bench"},"message":"m","seq":`...)
+		body = strconv.AppendUint(body, seq, 10)
+		body = append(body, `,"ts":`...)
+		body = strconv.AppendInt(body, ts, 10)
+		body = append(body, `,"pad":"`...)
+		body = append(body, p.pad...)
+		body = append(body, `"}}`...)
+	case p.raw:
 		target = strings.ReplaceAll(target, "{channel}", url.PathEscape(p.names[c]))
 		body = appendPayload(body, seq, ts, p.pad)
-	} else {
+	default:
 		body = append(body, `{"channel":"`...)
 		body = append(body, p.names[c]...)
 		body = append(body, `","type":"bench","data":`...)

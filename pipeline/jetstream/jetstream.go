@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -310,31 +311,85 @@ func (q *Queue) Stats(ctx context.Context, group string) (pipeline.QueueStats, e
 // connection, which its owner closes.
 func (q *Queue) Close() error { return nil }
 
-// source is one pipeline's consumer.
+// source is one pipeline's consumer. Claimed messages flow continuously
+// (JetStream's pull consumer keeps up to a batch requested ahead) into a
+// bounded channel, from which Fetch returns what is there as soon as
+// there is something: a message waits for no batch to fill.
 type source struct {
 	q     *Queue
 	group string
 	c     jetstream.Consumer
+
+	once  sync.Once
+	msgs  chan jetstream.Msg
+	cc    jetstream.ConsumeContext
+	err   error // starting Consume failed
+	close sync.Once
+}
+
+// prefetch is how many messages a source claims ahead of Fetch.
+const prefetch = 256
+
+func (s *source) start() {
+	s.msgs = make(chan jetstream.Msg, prefetch)
+	s.cc, s.err = s.c.Consume(func(m jetstream.Msg) { s.msgs <- m }, jetstream.PullMaxMessages(prefetch))
 }
 
 func (s *source) Fetch(ctx context.Context, n int, wait time.Duration) ([]pipeline.Job, error) {
-	fctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
-	defer cancel()
-	batch, err := s.c.Fetch(n, jetstream.FetchContext(fctx))
-	if err != nil {
-		return nil, err
+	s.once.Do(s.start)
+	if s.err != nil {
+		return nil, s.err
 	}
+	t := time.NewTimer(max(wait, time.Millisecond))
+	defer t.Stop()
 	var jobs []pipeline.Job
-	for m := range batch.Messages() {
+	select {
+	case m := <-s.msgs:
 		jobs = append(jobs, newJob(s, m))
+	case <-t.C:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && len(jobs) == 0 {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	for len(jobs) < n {
+		select {
+		case m := <-s.msgs:
+			jobs = append(jobs, newJob(s, m))
+		default:
+			return jobs, nil
 		}
-		return nil, err
 	}
 	return jobs, nil
+}
+
+// Close stops claiming and gives back what was claimed but not fetched.
+func (s *source) Close() error {
+	var cc jetstream.ConsumeContext
+	s.close.Do(func() {
+		s.once.Do(func() {}) // never start after Close
+		cc = s.cc
+	})
+	if cc == nil {
+		return nil
+	}
+	cc.Stop()
+	// Consume's callback may be blocked on the full channel: keep taking
+	// until it has returned, giving every message back.
+	for {
+		select {
+		case m := <-s.msgs:
+			_ = m.Nak()
+		case <-cc.Closed():
+			for {
+				select {
+				case m := <-s.msgs:
+					_ = m.Nak()
+				default:
+					return nil
+				}
+			}
+		}
+	}
 }
 
 // job is one claimed event.
@@ -359,7 +414,7 @@ func newJob(s *source, m jetstream.Msg) *job {
 func (j *job) Event() pipeline.Event           { return j.ev }
 func (j *job) Attempt() int                    { return j.attempt }
 func (j *job) OrderKey() string                { return j.key }
-func (j *job) Ack(ctx context.Context) error   { return j.m.DoubleAck(ctx) }
+func (j *job) Ack(ctx context.Context) error   { return j.m.Ack() }
 func (j *job) Retry(delay time.Duration) error { return j.m.NakWithDelay(delay) }
 func (j *job) Extend() error                   { return j.m.InProgress() }
 
