@@ -12,12 +12,14 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/heraldhq/herald/history/jshistory"
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/pipeline"
 	"github.com/heraldhq/herald/pipeline/jetstream"
+	"github.com/heraldhq/herald/pipeline/redisstream"
 )
 
 // pipelines is the event side of the app: the queue (NATS JetStream,
@@ -26,9 +28,11 @@ type pipelines struct {
 	log     *slog.Logger
 	ns      *server.Server // the embedded NATS server; nil with an external one
 	nc      *nats.Conn
-	queue   *jetstream.Queue
+	queue   *jetstream.Queue          // the built-in queue, behind POST /v1/events
+	queues  map[string]pipeline.Queue // by source name, the built-in one included
 	runners []*pipeline.Runner
-	closers []io.Closer // file sinks
+	ranOn   map[string]pipeline.Queue // each pipeline's queue, by pipeline name
+	closers []io.Closer               // file sinks
 
 	mu     sync.Mutex
 	cancel context.CancelFunc // set by start
@@ -76,15 +80,26 @@ func (p *pipelines) openQueue(ctx context.Context, cfg config.Config, h *hub.Hub
 	if err != nil {
 		return err
 	}
+	p.queues = map[string]pipeline.Queue{config.DefaultSource: p.queue}
+	p.ranOn = map[string]pipeline.Queue{}
+	for _, sc := range cfg.Sources {
+		q, err := p.openSource(ctx, sc, log)
+		if err != nil {
+			return fmt.Errorf("source %s: %w", sc.Name, err)
+		}
+		p.queues[sc.Name] = q
+	}
 	for _, pc := range cfg.Pipelines {
 		stages, err := p.buildStages(pc, cfg, h)
 		if err != nil {
 			return fmt.Errorf("pipeline %s: %w", pc.Name, err)
 		}
-		src, err := p.queue.Source(ctx, pc.Name, pipeline.SourceConfig{AckWait: cfg.Queue.AckWait})
+		q := p.queues[pc.Source]
+		src, err := q.Source(ctx, pc.Name, pipeline.SourceConfig{AckWait: cfg.Queue.AckWait})
 		if err != nil {
 			return fmt.Errorf("pipeline %s: %w", pc.Name, err)
 		}
+		// Done marks live in the built-in JetStream whatever the source.
 		r, err := pipeline.NewRunner(pipeline.Config{
 			Name: pc.Name, Stages: stages, Lanes: pc.Lanes, Attempts: pc.Attempts, Backoff: pc.Backoff,
 			Done: p.queue, Logger: log,
@@ -93,9 +108,47 @@ func (p *pipelines) openQueue(ctx context.Context, cfg config.Config, h *hub.Hub
 			return err
 		}
 		p.runners = append(p.runners, r)
+		p.ranOn[pc.Name] = q
 	}
 	return nil
 }
+
+// openSource opens an application's queue.
+func (p *pipelines) openSource(ctx context.Context, sc config.SourceConfig, log *slog.Logger) (pipeline.Queue, error) {
+	switch sc.Type {
+	case "jetstream":
+		nc := p.nc // the embedded server
+		if sc.URL != "" {
+			var err error
+			if nc, err = nats.Connect(sc.URL, nats.Name("herald"), nats.MaxReconnects(-1)); err != nil {
+				return nil, fmt.Errorf("connecting to NATS at %s: %w", sc.URL, err)
+			}
+			p.closers = append(p.closers, closerFunc(func() error { nc.Close(); return nil }))
+		}
+		prefix := sc.Prefix
+		if prefix == "" {
+			prefix = "app"
+		}
+		return jetstream.Open(ctx, nc, jetstream.Config{Prefix: prefix})
+	case "redis":
+		opts, err := redis.ParseURL(sc.URL)
+		if err != nil {
+			return nil, err
+		}
+		rdb := redis.NewClient(opts)
+		p.closers = append(p.closers, rdb)
+		prefix := sc.Prefix
+		if prefix == "" {
+			prefix = "app:events"
+		}
+		return redisstream.Open(ctx, rdb, redisstream.Config{Prefix: prefix, Logger: log})
+	}
+	return nil, fmt.Errorf("unknown source type %q", sc.Type)
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // buildStages turns a pipeline's configuration into its stages.
 func (p *pipelines) buildStages(pc config.PipelineConfig, cfg config.Config, h *hub.Hub) ([]pipeline.Stage, error) {
@@ -195,7 +248,7 @@ func (p *pipelines) stats(ctx context.Context) []pipeline.Stats {
 	out := make([]pipeline.Stats, 0, len(p.runners))
 	for _, r := range p.runners {
 		st := r.Stats()
-		if qs, err := p.queue.Stats(ctx, r.Name()); err == nil {
+		if qs, err := p.ranOn[r.Name()].Stats(ctx, r.Name()); err == nil {
 			st.Queue = &qs
 		}
 		out = append(out, st)
@@ -206,10 +259,8 @@ func (p *pipelines) stats(ctx context.Context) []pipeline.Stats {
 // deadLetters returns the dead-letter queue of the configured pipeline
 // name; false when no pipeline has that name.
 func (p *pipelines) deadLetters(name string) (pipeline.DeadLetters, bool) {
-	for _, r := range p.runners {
-		if r.Name() == name {
-			return p.queue.DeadLetters(name), true
-		}
+	if q, ok := p.ranOn[name]; ok {
+		return q.DeadLetters(name), true
 	}
 	return nil, false
 }
@@ -217,6 +268,9 @@ func (p *pipelines) deadLetters(name string) (pipeline.DeadLetters, bool) {
 // close releases the queue, the connection and the embedded server.
 func (p *pipelines) close() error {
 	var errs []error
+	for _, q := range p.queues {
+		errs = append(errs, q.Close())
+	}
 	for _, c := range p.closers {
 		errs = append(errs, c.Close())
 	}

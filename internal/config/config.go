@@ -87,6 +87,11 @@ type Config struct {
 	Queue QueueConfig `yaml:"queue"`
 	// Events configures POST /v1/events.
 	Events EventsConfig `yaml:"events"`
+	// Sources are queues an application writes events into itself, besides
+	// the built-in one (named "events", see Queue) that POST /v1/events
+	// fills. Several may run at once; a pipeline names its source.
+	// Sources have no environment form.
+	Sources []SourceConfig `yaml:"sources"`
 	// Pipelines turn queued events into published messages. Empty means
 	// one pipeline, "public": parse, sanitize, anonymize, route, publish
 	// (see PipelineConfig). Pipelines have no environment form.
@@ -173,6 +178,9 @@ type EventsConfig struct {
 // queue), its stages in order, and how it retries.
 type PipelineConfig struct {
 	Name string `yaml:"name"`
+	// Source names the queue the pipeline reads: "events" (the default:
+	// the queue behind POST /v1/events) or one of Sources.
+	Source string `yaml:"source"`
 	// Lanes is how many events are processed at once; events of one
 	// thread stay in order. Zero means 8.
 	Lanes int `yaml:"lanes"`
@@ -215,6 +223,26 @@ type StageConfig struct {
 	APIKey string `yaml:"api_key"`
 	Path   string `yaml:"path"`
 }
+
+// SourceConfig is a queue an application writes events into: a NATS
+// JetStream stream or a Redis stream, in the layout of Herald's own queue
+// (see docs/protocol.md, "Event sources"). Each pipeline reading it is a
+// consumer group of its own.
+type SourceConfig struct {
+	// Name is how pipelines refer to the source.
+	Name string `yaml:"name"`
+	// Type is jetstream or redis.
+	Type string `yaml:"type"`
+	// URL is the server: nats://… (empty: the embedded NATS server) or
+	// redis://…
+	URL string `yaml:"url"`
+	// Prefix names the stream and subjects (jetstream, default "app") or
+	// the stream key (redis, default "app:events").
+	Prefix string `yaml:"prefix"`
+}
+
+// DefaultSource is the built-in source's name.
+const DefaultSource = "events"
 
 // RouteConfig is one routing rule.
 type RouteConfig struct {
@@ -313,6 +341,7 @@ func (c Config) Defaults() Config {
 		if len(c.Pipelines[i].Stages) == 0 {
 			c.Pipelines[i].Stages = DefaultStages()
 		}
+		setDefault(&c.Pipelines[i].Source, DefaultSource)
 	}
 	return c
 }
@@ -384,8 +413,34 @@ func (c Config) Validate() error {
 			bad(n.key, "must not be negative, got %d", n.v)
 		}
 	}
+	sources := map[string]bool{DefaultSource: true}
+	for i, src := range c.Sources {
+		key := fmt.Sprintf("sources[%d]", i)
+		switch {
+		case !validPipelineName.MatchString(src.Name):
+			bad(key+".name", "%q: want 1-64 letters, digits, _ or -", src.Name)
+		case sources[src.Name]:
+			bad(key+".name", "%q is used twice (or is the built-in %q)", src.Name, DefaultSource)
+		}
+		sources[src.Name] = true
+		switch src.Type {
+		case "jetstream":
+			if src.URL != "" && !strings.HasPrefix(src.URL, "nats://") && !strings.HasPrefix(src.URL, "tls://") {
+				bad(key+".url", "%q is not a nats:// or tls:// URL", src.URL)
+			}
+		case "redis":
+			if !strings.HasPrefix(src.URL, "redis://") && !strings.HasPrefix(src.URL, "rediss://") {
+				bad(key+".url", "%q is not a redis:// or rediss:// URL", src.URL)
+			}
+		default:
+			bad(key+".type", "%q is not jetstream or redis", src.Type)
+		}
+	}
 	names := map[string]bool{}
 	for i, p := range c.Pipelines {
+		if p.Source != "" && !sources[p.Source] {
+			bad(fmt.Sprintf("pipelines[%d].source", i), "%q is not %q or one of sources", p.Source, DefaultSource)
+		}
 		key := fmt.Sprintf("pipelines[%d]", i)
 		switch {
 		case !validPipelineName.MatchString(p.Name):

@@ -37,7 +37,7 @@ func TestDefaults(t *testing.T) {
 			MaxQueueBytes: 1 << 20, MaxChannelsPerPublish: 64,
 		},
 		DefaultNamespace: NamespaceConfig{HistorySize: 100, HistoryTTL: 10 * time.Minute},
-		Pipelines:        []PipelineConfig{{Name: "public", Stages: DefaultStages()}},
+		Pipelines:        []PipelineConfig{{Name: "public", Source: "events", Stages: DefaultStages()}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
@@ -327,6 +327,9 @@ pipelines:
 	}
 	_, err = Load(writeFile(t, `
 queue: {url: "http://x"}
+sources:
+  - {name: events, type: redis, url: "redis://x"}
+  - {name: legacy, type: kafka}
 pipelines:
   - name: "a b"
     stages: [{type: nope}, {type: anonymize, hash: [data.author.id]}, {type: publish, to: http, url: ftp://x}]
@@ -337,7 +340,8 @@ pipelines:
 		t.Fatal("bad pipelines accepted")
 	}
 	for _, want := range []string{"queue.url", "pipelines[0].name", "pipelines[0].stages[0].type",
-		"pipelines[0].stages[1].salt", "pipelines[0].stages[2].url", "pipelines[2].name"} {
+		"pipelines[0].stages[1].salt", "pipelines[0].stages[2].url", "pipelines[2].name",
+		"sources[0].name", "sources[1].type"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}

@@ -405,8 +405,25 @@ func newJob(s *source, m jetstream.Msg) *job {
 	h := m.Headers()
 	j := &job{s: s, m: m, attempt: 1, key: h.Get(hdrOrderKey)}
 	j.ev = pipeline.Event{ID: h.Get(hdrEventID), Type: h.Get(hdrType), Data: m.Data()}
-	if md, err := m.Metadata(); err == nil {
+	md, mdErr := m.Metadata()
+	if mdErr == nil {
 		j.attempt = int(md.NumDelivered)
+	}
+	if j.ev.Type == "" && h.Get(hdrEventID) == "" {
+		// Published by an application: the body is the whole event as
+		// JSON. One that does not decode goes through as data, so that the
+		// pipeline's parse stage dead-letters it with the reason.
+		var ev pipeline.Event
+		if json.Unmarshal(m.Data(), &ev) != nil {
+			ev = pipeline.Event{Data: m.Data()}
+		}
+		if ev.ID == "" {
+			ev.ID = h.Get(nats.MsgIdHdr)
+		}
+		if ev.ID == "" && mdErr == nil {
+			ev.ID = "js-" + strconv.FormatUint(md.Sequence.Stream, 10) // the same on every delivery
+		}
+		j.ev, j.key = ev, orderKey(ev)
 	}
 	return j
 }

@@ -103,6 +103,7 @@ func (c Config) withDefaults() Config {
 
 // Stream entry fields.
 const (
+	fieldEvent    = "event" // an application's entry: the event as JSON
 	fieldID       = "id"
 	fieldType     = "type"
 	fieldData     = "data"

@@ -2,6 +2,7 @@ package redisstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -235,6 +236,19 @@ func (s *source) read(ctx context.Context, key string, n int, block time.Duratio
 func (s *source) newJob(ctx context.Context, key string, m redis.XMessage, attempt int) *job {
 	str := func(f string) string { v, _ := m.Values[f].(string); return v }
 	id := str(fieldID)
+	if raw := str(fieldEvent); raw != "" && id == "" {
+		// Written by an application: the whole event as JSON. One that does
+		// not decode goes through with its raw text as data, so that the
+		// pipeline's parse stage dead-letters it with the reason.
+		var ev pipeline.Event
+		if json.Unmarshal([]byte(raw), &ev) != nil {
+			ev = pipeline.Event{Data: []byte(raw)}
+		}
+		if ev.ID == "" {
+			ev.ID = key + "-" + m.ID // the same on every delivery
+		}
+		return &job{s: s, key: key, entry: m.ID, ev: ev, attempt: attempt, order: orderKey(ev)}
+	}
 	if id == "" {
 		s.q.cfg.Logger.Warn("redisstream: skipping a stream entry that is not an event",
 			"stream", key, "entry", m.ID, "pipeline", s.group)
