@@ -173,10 +173,10 @@ func (r *Runner) Run(ctx context.Context) error {
 func (r *Runner) process(ctx, work context.Context, j Job) {
 	ev := j.Event()
 	key := r.cfg.Name + ":" + ev.ID
-	if r.cfg.Done != nil {
-		// Checked on every delivery, not only those counted as
-		// redeliveries: after a crash the queue's delivery counts may be
-		// older than what was done.
+	if r.cfg.Done != nil && !fresh(j) {
+		// Checked on every delivery that is not provably a first one, not
+		// only those counted as redeliveries: after a crash the queue's
+		// delivery counts may be older than what was done.
 		if done, err := r.cfg.Done.Done(work, key); err == nil && done {
 			r.duplicates.Add(1)
 			if err := j.Ack(work); err == nil {
@@ -222,6 +222,13 @@ func (r *Runner) process(ctx, work context.Context, j Job) {
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// fresh reports whether j is provably its event's first delivery (see
+// FreshJob).
+func fresh(j Job) bool {
+	f, ok := j.(FreshJob)
+	return ok && f.Fresh()
 }
 
 func (r *Runner) deadLetter(ctx context.Context, j Job, reason error, attempts int) {

@@ -50,6 +50,7 @@ type Config struct {
 	Publishers    int           // concurrent publish goroutines
 	PublishPath   string        // "/v1/publish" (JSON body) or a path with {channel} (raw body)
 	Ingest        bool          // post comment events to /v1/events; subscribers listen on their thread: channels
+	Batch         int           // ingest mode: events per request
 	SubscribePath string        // path with {channel}; empty = Herald's for the transport
 	ChannelPrefix string        // channel names are prefix + index
 	JSONPath      string        // write the report as JSON here; "-" = stdout
@@ -89,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Publishers, "publishers", 16, "concurrent publish requests (each owns a share of the channels)")
 	fs.StringVar(&c.PublishPath, "publish-path", "/v1/publish", "publish path: /v1/publish sends JSON with the channel; a path with {channel} sends the payload as the body")
 	fs.BoolVar(&c.Ingest, "ingest", false, "ingest mode: post post.created events to /v1/events (the default pipeline routes each to thread:CHANNEL and four more channels) instead of publishing; channels are thread: channels")
+	fs.IntVar(&c.Batch, "batch", 1, "ingest mode: events per request ({\"events\":[…]}), all for one channel; --rate stays events/s")
 	fs.StringVar(&c.SubscribePath, "subscribe-path", "", "subscribe path with {channel}; empty = /v1/sse?channel={channel} or /v1/ws?channel={channel}")
 	fs.StringVar(&c.ChannelPrefix, "channel-prefix", "", "channel name prefix; empty = bench:RUNID- (fresh channels each run)")
 	fs.StringVar(&c.JSONPath, "json", "", "also write the report as JSON to `FILE` (- = stdout; the summary then goes to stderr)")
@@ -134,6 +136,9 @@ func (c *Config) validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 
+	if c.Batch < 1 || c.Batch > 1000 || (c.Batch > 1 && !c.Ingest) {
+		bad("--batch %d: want 1-1000, and more than 1 only with --ingest", c.Batch)
+	}
 	target, err := targetAddr(c.URL)
 	if err != nil {
 		errs = append(errs, err)

@@ -79,7 +79,9 @@ func (p *publisher) run(ctx context.Context, start, end time.Time) {
 	n := min(p.cfg.Publishers, p.cfg.Channels)
 	queues := make([]chan int, n)
 	var wg sync.WaitGroup
-	depth := max(64, int(p.cfg.Rate)/n) // about a second of backlog
+	batch := uint64(max(p.cfg.Batch, 1))
+	rate := p.cfg.Rate / float64(batch) // requests/s
+	depth := max(64, int(rate)/n)       // about a second of backlog
 	for i := range queues {
 		queues[i] = make(chan int, depth)
 		wg.Add(1)
@@ -90,7 +92,7 @@ func (p *publisher) run(ctx context.Context, start, end time.Time) {
 				// Slots still queued at the end, or after a cancel, are
 				// dropped: the run is over.
 				if ctx.Err() != nil || !time.Now().Before(end) {
-					p.behind.Add(1)
+					p.behind.Add(batch)
 					continue
 				}
 				body = p.publish(ctx, c, body)
@@ -104,7 +106,7 @@ func (p *publisher) run(ctx context.Context, start, end time.Time) {
 		wg.Wait()
 	}()
 
-	interval := time.Duration(float64(time.Second) / p.cfg.Rate)
+	interval := time.Duration(float64(time.Second) / rate)
 	interval = min(max(interval, time.Millisecond), 20*time.Millisecond)
 	if d := time.Until(start); d > 0 {
 		select {
@@ -115,21 +117,21 @@ func (p *publisher) run(ctx context.Context, start, end time.Time) {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	total := uint64(p.cfg.Rate * end.Sub(start).Seconds())
+	total := uint64(rate * end.Sub(start).Seconds())
 	var k uint64
 	for k < total {
 		now := time.Now()
-		due := min(uint64(p.cfg.Rate*now.Sub(start).Seconds())+1, total)
+		due := min(uint64(rate*now.Sub(start).Seconds())+1, total)
 		for ; k < due; k++ {
 			c := int(k % uint64(p.cfg.Channels))
 			select {
 			case queues[c%n] <- c:
 			default:
-				p.behind.Add(1)
+				p.behind.Add(batch)
 			}
 		}
 		if k >= total || !now.Before(end) {
-			p.behind.Add(total - k)
+			p.behind.Add((total - k) * batch)
 			return
 		}
 		select {
@@ -140,8 +142,12 @@ func (p *publisher) run(ctx context.Context, start, end time.Time) {
 	}
 }
 
-// publish sends the next message of channel c, reusing body's storage.
+// publish sends the next message of channel c (the next Batch events in
+// ingest mode), reusing body's storage.
 func (p *publisher) publish(ctx context.Context, c int, body []byte) []byte {
+	if p.cfg.Ingest {
+		return p.ingest(ctx, c, body)
+	}
 	st := &p.chans[c]
 	st.seq++
 	seq := st.seq
@@ -149,28 +155,6 @@ func (p *publisher) publish(ctx context.Context, c int, body []byte) []byte {
 	body = body[:0]
 	ts := time.Now().UnixNano()
 	switch {
-	case p.cfg.Ingest:
-		// A comment event whose data carries the payload's fields; the
-		// default pipeline keeps them and routes the event to
-		// thread:THREAD (and forum:, post:, user:, firehose).
-		thread := strings.TrimPrefix(p.names[c], "thread:")
-		body = append(body, `{"id":"`...)
-		body = append(body, thread...)
-		body = append(body, '-')
-		body = strconv.AppendUint(body, seq, 10)
-		body = append(body, `","type":"post.created","data":{"id":"`...)
-		body = append(body, thread...)
-		body = append(body, '-')
-		body = strconv.AppendUint(body, seq, 10)
-		body = append(body, `","thread":"`...)
-		body = append(body, thread...)
-		body = append(body, `","forum":"bench","author":{"id":"bench"},"message":"m","seq":`...)
-		body = strconv.AppendUint(body, seq, 10)
-		body = append(body, `,"ts":`...)
-		body = strconv.AppendInt(body, ts, 10)
-		body = append(body, `,"pad":"`...)
-		body = append(body, p.pad...)
-		body = append(body, `"}}`...)
 	case p.raw:
 		target = strings.ReplaceAll(target, "{channel}", url.PathEscape(p.names[c]))
 		body = appendPayload(body, seq, ts, p.pad)
@@ -232,4 +216,57 @@ func (p *publisher) errors() []string {
 	p.errMu.Lock()
 	defer p.errMu.Unlock()
 	return append([]string(nil), p.errs...)
+}
+
+// ingest posts the next Batch events of channel c to /v1/events: comment
+// events whose data carries the payload's fields, which the default
+// pipeline keeps while it routes each to thread:THREAD (and forum:,
+// post:, user:, firehose).
+func (p *publisher) ingest(ctx context.Context, c int, body []byte) []byte {
+	st := &p.chans[c]
+	n := max(p.cfg.Batch, 1)
+	thread := strings.TrimPrefix(p.names[c], "thread:")
+	ts := time.Now().UnixNano()
+	body = append(body[:0], `{"events":[`...)
+	first := st.seq + 1
+	for i := range n {
+		st.seq++
+		seq := st.seq
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, `{"id":"`...)
+		body = append(body, thread...)
+		body = append(body, '-')
+		body = strconv.AppendUint(body, seq, 10)
+		body = append(body, `","type":"post.created","data":{"id":"`...)
+		body = append(body, thread...)
+		body = append(body, '-')
+		body = strconv.AppendUint(body, seq, 10)
+		body = append(body, `","thread":"`...)
+		body = append(body, thread...)
+		body = append(body, `","forum":"bench","author":{"id":"bench"},"message":"m","seq":`...)
+		body = strconv.AppendUint(body, seq, 10)
+		body = append(body, `,"ts":`...)
+		body = strconv.AppendInt(body, ts, 10)
+		body = append(body, `,"pad":"`...)
+		body = append(body, p.pad...)
+		body = append(body, `"}}`...)
+	}
+	body = append(body, `]}`...)
+	p.sent.Add(uint64(n))
+	if err := p.post(ctx, p.url, body); err != nil {
+		for seq := first; seq <= st.seq; seq++ {
+			st.failed = append(st.failed, seq)
+		}
+		p.failed.Add(uint64(n))
+		p.errMu.Lock()
+		if len(p.errs) < maxErrorSamples {
+			p.errs = append(p.errs, fmt.Sprintf("events %s #%d-%d: %v", p.names[c], first, st.seq, err))
+		}
+		p.errMu.Unlock()
+		return body
+	}
+	p.ok.Add(uint64(n))
+	return body
 }

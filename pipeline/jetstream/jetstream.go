@@ -125,6 +125,9 @@ type Queue struct {
 	events jetstream.Stream
 	dlq    jetstream.Stream
 	done   jetstream.KeyValue
+	// opened is the events stream's last sequence when the queue opened:
+	// a later event cannot have reached an earlier process.
+	opened uint64
 }
 
 var _ pipeline.Queue = (*Queue)(nil)
@@ -153,6 +156,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: events stream: %w", err)
 	}
+	si, err := q.events.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: events stream: %w", err)
+	}
+	q.opened = si.State.LastSeq
 	q.dlq, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Prefix + "_dlq",
 		Description: "Herald: events the pipelines gave up on",
@@ -399,7 +407,15 @@ type job struct {
 	ev      pipeline.Event
 	attempt int
 	key     string
+	fresh   bool
 }
+
+var _ pipeline.FreshJob = (*job)(nil)
+
+// Fresh: queued after the queue opened, and delivered once. (A NATS server
+// restarted meanwhile may have lost delivery counts; the history's
+// duplicate window covers that case.)
+func (j *job) Fresh() bool { return j.fresh }
 
 func newJob(s *source, m jetstream.Msg) *job {
 	h := m.Headers()
@@ -408,6 +424,7 @@ func newJob(s *source, m jetstream.Msg) *job {
 	md, mdErr := m.Metadata()
 	if mdErr == nil {
 		j.attempt = int(md.NumDelivered)
+		j.fresh = md.NumDelivered == 1 && md.Sequence.Stream > s.q.opened
 	}
 	if j.ev.Type == "" && h.Get(hdrEventID) == "" {
 		// Published by an application: the body is the whole event as
