@@ -67,7 +67,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `Herald — realtime event distribution server.
 
 Usage:
-  herald serve [--listen ADDR] [--config FILE] [--data-dir DIR]
+  herald serve [--listen ADDR] [--config FILE] [--data-dir DIR] [--pipelines A,B]
+                           --pipelines: run only these pipelines (stages in separate processes)
   herald bench [flags]     load test a running server (herald bench -h)
   herald dlq list|replay|drop PIPELINE ...
                            a running server's dead letters (herald help dlq)
@@ -79,7 +80,7 @@ Usage:
 // serveUsage prints the serve flags (from fs, when given) and every
 // setting's environment variable.
 func serveUsage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintln(w, "Usage: herald serve [--listen ADDR] [--config FILE] [--data-dir DIR]")
+	fmt.Fprintln(w, "Usage: herald serve [--listen ADDR] [--config FILE] [--data-dir DIR] [--pipelines A,B]")
 	fmt.Fprintln(w, "\nPrecedence: defaults < YAML file < environment < flags.")
 	if fs == nil {
 		fs = flag.NewFlagSet("serve", flag.ContinueOnError)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -90,6 +91,9 @@ func (p *pipelines) openQueue(ctx context.Context, cfg config.Config, h *hub.Hub
 		p.queues[sc.Name] = q
 	}
 	for _, pc := range cfg.Pipelines {
+		if len(cfg.RunPipelines) > 0 && !slices.Contains(cfg.RunPipelines, pc.Name) {
+			continue // another process runs it
+		}
 		stages, err := p.buildStages(pc, cfg, h)
 		if err != nil {
 			return fmt.Errorf("pipeline %s: %w", pc.Name, err)
@@ -171,6 +175,8 @@ func (p *pipelines) buildStages(pc config.PipelineConfig, cfg config.Config, h *
 				rules = append(rules, pipeline.Rule{Channel: r.Channel, Types: r.Types})
 			}
 			st, err = pipeline.NewRoute(pipeline.RouteOptions{Rules: rules})
+		case "enqueue":
+			st, err = pipeline.NewEnqueue(pipeline.EnqueueOptions{Queue: p.queues[sc.Source]})
 		case "publish":
 			var pub pipeline.Publisher
 			switch sc.To {

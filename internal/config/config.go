@@ -92,6 +92,11 @@ type Config struct {
 	// fills. Several may run at once; a pipeline names its source.
 	// Sources have no environment form.
 	Sources []SourceConfig `yaml:"sources"`
+	// RunPipelines names the pipelines this process runs. Empty means all
+	// of them. Several processes sharing the queues (sources on an
+	// external NATS or Redis) each run some of the pipelines: see the
+	// enqueue stage. The flag is --pipelines.
+	RunPipelines []string `yaml:"run_pipelines"`
 	// Pipelines turn queued events into published messages. Empty means
 	// one pipeline, "public": parse, sanitize, anonymize, route, publish
 	// (see PipelineConfig). Pipelines have no environment form.
@@ -216,6 +221,9 @@ type StageConfig struct {
 	// optionally for some event types only. Default: thread:, forum:,
 	// post:, user: and firehose.
 	Routes []RouteConfig `yaml:"routes"`
+	// Source (enqueue): the source the processed event is written to,
+	// for the pipeline reading it to go on (in this process or another).
+	Source string `yaml:"source"`
 	// To (publish): "hub" (default), "http" (URL, APIKey: a remote
 	// Herald) or "file" (Path: JSON lines).
 	To     string `yaml:"to"`
@@ -456,6 +464,10 @@ func (c Config) Validate() error {
 			skey := fmt.Sprintf("%s.stages[%d]", key, j)
 			switch st.Type {
 			case "parse", "sanitize", "route", "render":
+			case "enqueue":
+				if st.Source == DefaultSource || !sources[st.Source] {
+					bad(skey+".source", "%q is not one of sources (the built-in %q is fed by POST /v1/events only)", st.Source, DefaultSource)
+				}
 			case "anonymize":
 				if len(st.Hash) > 0 && st.Salt == "" {
 					bad(skey+".salt", "required with hash")
@@ -475,8 +487,14 @@ func (c Config) Validate() error {
 					bad(skey+".to", "%q is not hub, http or file", st.To)
 				}
 			default:
-				bad(skey+".type", "%q is not parse, sanitize, anonymize, render, route or publish", st.Type)
+				bad(skey+".type", "%q is not parse, sanitize, anonymize, render, route, publish or enqueue", st.Type)
 			}
+		}
+	}
+
+	for _, name := range c.RunPipelines {
+		if !names[name] {
+			bad("run_pipelines", "%q is not a configured pipeline", name)
 		}
 	}
 

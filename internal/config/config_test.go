@@ -327,12 +327,13 @@ pipelines:
 	}
 	_, err = Load(writeFile(t, `
 queue: {url: "http://x"}
+run_pipelines: [nope]
 sources:
   - {name: events, type: redis, url: "redis://x"}
   - {name: legacy, type: kafka}
 pipelines:
   - name: "a b"
-    stages: [{type: nope}, {type: anonymize, hash: [data.author.id]}, {type: publish, to: http, url: ftp://x}]
+    stages: [{type: nope}, {type: anonymize, hash: [data.author.id]}, {type: publish, to: http, url: ftp://x}, {type: enqueue, source: events}]
   - name: dup
   - name: dup
 `), nil, nil)
@@ -341,7 +342,7 @@ pipelines:
 	}
 	for _, want := range []string{"queue.url", "pipelines[0].name", "pipelines[0].stages[0].type",
 		"pipelines[0].stages[1].salt", "pipelines[0].stages[2].url", "pipelines[2].name",
-		"sources[0].name", "sources[1].type"} {
+		"sources[0].name", "sources[1].type", "pipelines[0].stages[3].source", "run_pipelines"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}

@@ -1,6 +1,9 @@
 package config
 
-import "flag"
+import (
+	"flag"
+	"strings"
+)
 
 // Flags are the command-line settings of `herald serve`. Given flags take
 // precedence over the file and the environment; flags not given change
@@ -9,17 +12,19 @@ type Flags struct {
 	// ConfigFile is the --config value: the YAML file to load, or empty.
 	ConfigFile string
 
-	listen  string
-	dataDir string
-	fs      *flag.FlagSet
+	listen    string
+	dataDir   string
+	pipelines string
+	fs        *flag.FlagSet
 }
 
-// RegisterFlags defines --config, --listen and --data-dir on fs.
+// RegisterFlags defines --config, --listen, --data-dir and --pipelines on fs.
 func RegisterFlags(fs *flag.FlagSet) *Flags {
 	f := &Flags{fs: fs}
 	fs.StringVar(&f.ConfigFile, "config", "", "YAML configuration `file` (default $"+EnvConfigFile+")")
 	fs.StringVar(&f.listen, "listen", "", "listen `address` (default "+DefaultListen+")")
 	fs.StringVar(&f.dataDir, "data-dir", "", "data `directory` (default "+DefaultDataDir+")")
+	fs.StringVar(&f.pipelines, "pipelines", "", "run only these pipelines (comma-separated `names`; default all)")
 	return f
 }
 
@@ -32,6 +37,13 @@ func (f *Flags) Apply(c *Config) {
 			c.Listen = f.listen
 		case "data-dir":
 			c.DataDir = f.dataDir
+		case "pipelines":
+			c.RunPipelines = nil
+			for _, n := range strings.Split(f.pipelines, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					c.RunPipelines = append(c.RunPipelines, n)
+				}
+			}
 		}
 	})
 }
