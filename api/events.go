@@ -99,8 +99,17 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		cancel()
 		if err != nil {
 			a.log.Error("events: enqueue failed", "events", len(good), "err", err)
-			httpx.Error(w, http.StatusServiceUnavailable, CodeQueueUnavailable,
-				"the event queue did not store the events; nothing was accepted, retry with the same IDs")
+			ids := make([]string, len(good))
+			for i, ev := range good {
+				ids[i] = ev.ID
+			}
+			// Some of the events may be stored already: the ids (Herald's
+			// own for events sent without one) make a retry store each once.
+			writeJSON(w, http.StatusServiceUnavailable, struct {
+				Error *eventsError `json:"error"`
+				IDs   []string     `json:"ids"`
+			}{&eventsError{Code: CodeQueueUnavailable, Message: "the event queue did not confirm every event; " +
+				"some may be stored: retry them with these ids, which are stored once"}, ids})
 			return
 		}
 	}

@@ -304,10 +304,16 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err := h.history.Append(ctx, m, h.namespace(m.Channel).historyOptions()); err != nil {
-		if errors.Is(err, ErrDuplicate) {
-			return nil // published before (the store remembers the key): m holds its position
+		if !errors.Is(err, ErrDuplicate) {
+			return err
 		}
-		return err
+		// Stored before under the same key. The earlier publish may have
+		// failed after storing it, before anyone was told: hand the stored
+		// message to the broker again (sessions skip offsets they already
+		// have). Offset 0: the original is no longer retained.
+		if m.Offset == 0 {
+			return nil
+		}
 	}
 	if m.Envelope == nil {
 		return errors.New("hub: history store did not seal the message")

@@ -27,8 +27,10 @@ type Message struct {
 	// Key is the publish's idempotency key, when it has one. A history
 	// store that remembers keys (a durable one) stores a message whose key
 	// and channel it already holds only once: Append then sets Epoch and
-	// Offset to the stored message's and returns ErrDuplicate, and the hub
-	// does not deliver it again.
+	// Offset to the stored message's (Offset 0 when it is no longer
+	// retained) and returns ErrDuplicate. The hub hands the stored message
+	// to the broker again, in case the first publish failed after storing
+	// it; sessions skip offsets they already have.
 	Key string
 
 	sseOnce sync.Once

@@ -70,15 +70,6 @@ type Job interface {
 	DeadLetter(ctx context.Context, reason error, attempts int) error
 }
 
-// FreshJob is implemented by jobs that can tell they are their event's
-// first delivery to anyone: queued after this process opened the queue,
-// and never delivered before. The runner then skips asking the DoneStore
-// (one round trip per event), which only matters for events a process
-// before a crash may have handled.
-type FreshJob interface {
-	Fresh() bool
-}
-
 // DeadLetter is an event that failed for good, with why.
 type DeadLetter struct {
 	// Seq identifies the dead letter in its queue (for Replay and Drop).

@@ -100,32 +100,38 @@ func NewRunner(cfg Config, src Source) (*Runner, error) {
 // Name returns the pipeline's name.
 func (r *Runner) Name() string { return r.cfg.Name }
 
-// Run processes events until ctx ends, then lets every lane finish the
-// event it holds (acknowledging it) and returns nil. Queue errors are
-// logged and retried; Run does not stop for them.
+// Run processes events until ctx ends. Then every lane finishes the
+// event it is working on (acknowledging it) and gives the events queued
+// behind it back to the queue, in order, so that a thread's order holds
+// across restarts; Run returns nil once the lanes are done. Queue errors
+// are logged and retried; Run does not stop for them.
+//
+// Dispatch never waits for a lane: a lane keeps the events of its threads
+// in a list (bounded, with the source's prefetch, by the queue's
+// in-flight limit), so one slow thread holds up only the threads that
+// share its lane.
 func (r *Runner) Run(ctx context.Context) error {
 	if c, ok := r.src.(io.Closer); ok {
 		// Last, after the lanes finished: events claimed ahead go back.
 		defer c.Close()
 	}
-	lanes := make([]chan Job, r.cfg.Lanes)
+	lanes := make([]*lane, r.cfg.Lanes)
 	var wg sync.WaitGroup
-	// The lanes finish what they were given even after ctx ends, under a
-	// context that ends only when Run's caller gives up entirely.
+	// The event in hand finishes after ctx ends, under a context that
+	// ends only when Run's caller gives up entirely: stages bound their
+	// own calls (HTTP timeout, queue acknowledgement timeout).
 	work := context.WithoutCancel(ctx)
 	for i := range lanes {
-		lanes[i] = make(chan Job, 16)
+		lanes[i] = &lane{signal: make(chan struct{}, 1)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := range lanes[i] {
-				r.process(ctx, work, j)
-			}
+			r.runLane(ctx, work, lanes[i])
 		}()
 	}
 	defer func() {
 		for _, l := range lanes {
-			close(l)
+			l.close()
 		}
 		wg.Wait()
 	}()
@@ -137,6 +143,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		jobs, err := r.src.Fetch(ctx, batch, time.Second)
 		if err != nil {
 			if ctx.Err() != nil {
+				for _, j := range jobs {
+					_ = j.Retry(0)
+				}
 				return nil
 			}
 			r.cfg.Logger.Warn("pipeline: fetching events failed; retrying", "pipeline", r.cfg.Name, "err", err)
@@ -151,38 +160,109 @@ func (r *Runner) Run(ctx context.Context) error {
 		errWait = 100 * time.Millisecond
 		for _, j := range jobs {
 			r.in.Add(1)
-			lane := next
+			i := next
 			if k := j.OrderKey(); k != "" {
-				lane = int(maphash.String(r.seed, k) % uint64(len(lanes)))
+				i = int(maphash.String(r.seed, k) % uint64(len(lanes)))
 			} else {
 				next = (next + 1) % len(lanes)
 			}
-			select {
-			case lanes[lane] <- j: // blocks while the lane is full: claims wait for capacity
-			case <-ctx.Done():
-				_ = j.Retry(0) // back to the queue for the next run
-			}
+			lanes[i].push(j)
 		}
 	}
 	return nil
 }
 
+// lane is the list of events one lane goroutine works through, in order.
+type lane struct {
+	signal chan struct{} // capacity 1: the list went non-empty, or closed
+
+	mu     sync.Mutex
+	jobs   []Job // guarded by mu
+	closed bool  // guarded by mu
+}
+
+func (l *lane) push(j Job) {
+	l.mu.Lock()
+	l.jobs = append(l.jobs, j)
+	l.mu.Unlock()
+	select {
+	case l.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (l *lane) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	select {
+	case l.signal <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the next job, or false once the lane is closed and empty.
+func (l *lane) pop() (Job, bool) {
+	for {
+		l.mu.Lock()
+		if len(l.jobs) > 0 {
+			j := l.jobs[0]
+			l.jobs[0] = nil
+			l.jobs = l.jobs[1:]
+			if len(l.jobs) == 0 {
+				l.jobs = nil // let the backing array go
+			}
+			l.mu.Unlock()
+			return j, true
+		}
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-l.signal
+	}
+}
+
+// runLane processes the lane's events until it is closed. Once ctx has
+// ended (or one of its events went back to the queue), every event after
+// goes back too, in order, unprocessed.
+func (r *Runner) runLane(ctx, work context.Context, l *lane) {
+	givingBack := false
+	for {
+		j, ok := l.pop()
+		if !ok {
+			return
+		}
+		if givingBack || ctx.Err() != nil {
+			givingBack = true
+			_ = j.Retry(0)
+			continue
+		}
+		if !r.process(ctx, work, j) {
+			givingBack = true
+		}
+	}
+}
+
 // process runs one event through the stages, retrying in place, and ends
 // its job. The stages and the acknowledgement run under work; a retry's
-// wait ends with ctx, when the job goes back to the queue.
-func (r *Runner) process(ctx, work context.Context, j Job) {
+// wait ends with ctx, when the job goes back to the queue and process
+// reports false.
+func (r *Runner) process(ctx, work context.Context, j Job) bool {
 	ev := j.Event()
 	key := r.cfg.Name + ":" + ev.ID
-	if r.cfg.Done != nil && !fresh(j) {
-		// Checked on every delivery that is not provably a first one, not
-		// only those counted as redeliveries: after a crash the queue's
-		// delivery counts may be older than what was done.
+	if r.cfg.Done != nil {
+		// Checked on every delivery, not only those counted as
+		// redeliveries: after a crash the queue's delivery counts may be
+		// older than what was done, and the same event id may come back as
+		// a new message (a client resending it, a replayed dead letter).
 		if done, err := r.cfg.Done.Done(work, key); err == nil && done {
 			r.duplicates.Add(1)
 			if err := j.Ack(work); err == nil {
 				r.acked.Add(1)
 			}
-			return
+			return true
 		}
 	}
 	backoff := r.cfg.Backoff
@@ -202,13 +282,13 @@ func (r *Runner) process(ctx, work context.Context, j Job) {
 				// The queue delivers it again; the idempotency key keeps
 				// subscribers from seeing it twice.
 				r.cfg.Logger.Warn("pipeline: acknowledging an event failed", "pipeline", r.cfg.Name, "event", ev.ID, "err", aerr)
-				return
+				return true
 			}
 			r.acked.Add(1)
-			return
+			return true
 		case IsPermanent(err) || attempt >= r.cfg.Attempts:
 			r.deadLetter(work, j, err, attempt)
-			return
+			return true
 		}
 		r.retried.Add(1)
 		_ = j.Extend() // the wait below must not let the claim lapse
@@ -218,17 +298,10 @@ func (r *Runner) process(ctx, work context.Context, j Job) {
 		case <-ctx.Done():
 			t.Stop()
 			_ = j.Retry(0)
-			return
+			return false
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
-}
-
-// fresh reports whether j is provably its event's first delivery (see
-// FreshJob).
-func fresh(j Job) bool {
-	f, ok := j.(FreshJob)
-	return ok && f.Fresh()
 }
 
 func (r *Runner) deadLetter(ctx context.Context, j Job, reason error, attempts int) {

@@ -284,6 +284,11 @@ func (h *History) Append(ctx context.Context, m *hub.Message, opts hub.HistoryOp
 // duplicate gives m the position of the stored message it repeats.
 func (h *History) duplicate(ctx context.Context, m *hub.Message, seq uint64) error {
 	raw, err := h.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Trimmed since: stored and delivered long ago.
+		m.Offset = 0
+		return hub.ErrDuplicate
+	}
 	if err != nil {
 		return fmt.Errorf("jshistory: %s: reading the original of a duplicate: %w", m.Channel, err)
 	}

@@ -125,9 +125,6 @@ type Queue struct {
 	events jetstream.Stream
 	dlq    jetstream.Stream
 	done   jetstream.KeyValue
-	// opened is the events stream's last sequence when the queue opened:
-	// a later event cannot have reached an earlier process.
-	opened uint64
 }
 
 var _ pipeline.Queue = (*Queue)(nil)
@@ -156,11 +153,6 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: events stream: %w", err)
 	}
-	si, err := q.events.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: events stream: %w", err)
-	}
-	q.opened = si.State.LastSeq
 	q.dlq, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Prefix + "_dlq",
 		Description: "Herald: events the pipelines gave up on",
@@ -239,7 +231,12 @@ func orderKey(ev pipeline.Event) string {
 	return string(d.Thread)
 }
 
+// enqueueTimeout bounds waiting for JetStream to confirm appends.
+const enqueueTimeout = 30 * time.Second
+
 // Enqueue appends events, each confirmed stored by JetStream, in order.
+// On error some of the events may have been stored: a retry with the same
+// ids stores each once (the duplicate window).
 func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(events))
 	for _, ev := range events {
@@ -254,6 +251,9 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 		}
 		futures = append(futures, f)
 	}
+	// The futures of a closed connection never complete: bound the wait.
+	timeout := time.NewTimer(enqueueTimeout)
+	defer timeout.Stop()
 	for _, f := range futures {
 		select {
 		case <-f.Ok():
@@ -261,6 +261,8 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 			return fmt.Errorf("jetstream: enqueue: %w", err)
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-timeout.C:
+			return fmt.Errorf("jetstream: enqueue: no acknowledgement in %v", enqueueTimeout)
 		}
 	}
 	return nil
@@ -407,15 +409,7 @@ type job struct {
 	ev      pipeline.Event
 	attempt int
 	key     string
-	fresh   bool
 }
-
-var _ pipeline.FreshJob = (*job)(nil)
-
-// Fresh: queued after the queue opened, and delivered once. (A NATS server
-// restarted meanwhile may have lost delivery counts; the history's
-// duplicate window covers that case.)
-func (j *job) Fresh() bool { return j.fresh }
 
 func newJob(s *source, m jetstream.Msg) *job {
 	h := m.Headers()
@@ -424,7 +418,6 @@ func newJob(s *source, m jetstream.Msg) *job {
 	md, mdErr := m.Metadata()
 	if mdErr == nil {
 		j.attempt = int(md.NumDelivered)
-		j.fresh = md.NumDelivered == 1 && md.Sequence.Stream > s.q.opened
 	}
 	if j.ev.Type == "" && h.Get(hdrEventID) == "" {
 		// Published by an application: the body is the whole event as
