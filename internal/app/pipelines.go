@@ -19,6 +19,7 @@ import (
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/pipeline"
+	"github.com/heraldhq/herald/pipeline/amqpqueue"
 	"github.com/heraldhq/herald/pipeline/jetstream"
 	"github.com/heraldhq/herald/pipeline/redisstream"
 )
@@ -146,6 +147,12 @@ func (p *pipelines) openSource(ctx context.Context, sc config.SourceConfig, log 
 			prefix = "app:events"
 		}
 		return redisstream.Open(ctx, rdb, redisstream.Config{Prefix: prefix, Logger: log})
+	case "rabbitmq":
+		prefix := sc.Prefix
+		if prefix == "" {
+			prefix = "app"
+		}
+		return amqpqueue.Open(ctx, amqpqueue.Config{URL: sc.URL, Prefix: prefix, Logger: log})
 	}
 	return nil, fmt.Errorf("unknown source type %q", sc.Type)
 }

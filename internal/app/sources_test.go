@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/heraldhq/herald/internal/config"
@@ -16,11 +17,13 @@ import (
 )
 
 // TestSources: an application writes events into its own queues — a Redis
-// stream and a NATS JetStream stream, each on a real server — and
+// stream, a NATS JetStream stream and a RabbitMQ exchange, each on a real
+// server — and
 // Herald's pipelines reading them publish to subscribers. A malformed
 // entry is dead-lettered with the reason.
 func TestSources(t *testing.T) {
 	redisAddr, _ := testutil.Redis(t)
+	amqpURL, _ := testutil.RabbitMQ(t)
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
 		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
@@ -36,13 +39,15 @@ func TestSources(t *testing.T) {
 		Sources: []config.SourceConfig{
 			{Name: "legacy", Type: "redis", URL: "redis://" + redisAddr, Prefix: "shop:events"},
 			{Name: "bus", Type: "jetstream", URL: ns.ClientURL(), Prefix: "shop"},
+			{Name: "rabbit", Type: "rabbitmq", URL: amqpURL, Prefix: "shop"},
 		},
 		Pipelines: []config.PipelineConfig{
 			{Name: "from-redis", Source: "legacy"},
 			{Name: "from-nats", Source: "bus"},
+			{Name: "from-rabbit", Source: "rabbit"},
 		},
 	})
-	sub := sseData(t, r.url, "thread:r1", "thread:n1")
+	sub := sseData(t, r.url, "thread:r1", "thread:n1", "thread:a1")
 	testutil.Eventually(t, 5*time.Second, func() error {
 		if r.app.Hub().Stats().Connections != 1 {
 			return context.DeadlineExceeded
@@ -70,9 +75,25 @@ func TestSources(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishWithContext(ctx, "shop.events", "", false, false, amqp.Publishing{
+		DeliveryMode: amqp.Persistent, ContentType: "application/json",
+		Body: []byte(`{"id":"a-1","type":"post.created","data":{"id":"pa1","thread":"a1","forum":"f","author":{"id":"u"},"message":"from rabbitmq"}}`),
+	}); err != nil {
+		t.Fatal(err)
+	}
+
 	got := map[string]bool{}
 	deadline := time.After(10 * time.Second)
-	for len(got) < 2 {
+	for len(got) < 3 {
 		select {
 		case d := <-sub:
 			var env struct {

@@ -239,13 +239,14 @@ type StageConfig struct {
 type SourceConfig struct {
 	// Name is how pipelines refer to the source.
 	Name string `yaml:"name"`
-	// Type is jetstream or redis.
+	// Type is jetstream, redis or rabbitmq.
 	Type string `yaml:"type"`
-	// URL is the server: nats://… (empty: the embedded NATS server) or
-	// redis://…
+	// URL is the server: nats://… (empty: the embedded NATS server),
+	// redis://… or amqp://…
 	URL string `yaml:"url"`
-	// Prefix names the stream and subjects (jetstream, default "app") or
-	// the stream key (redis, default "app:events").
+	// Prefix names the stream and subjects (jetstream, default "app"), the
+	// stream key (redis, default "app:events") or the exchange and queues
+	// (rabbitmq, default "app").
 	Prefix string `yaml:"prefix"`
 }
 
@@ -440,8 +441,12 @@ func (c Config) Validate() error {
 			if !strings.HasPrefix(src.URL, "redis://") && !strings.HasPrefix(src.URL, "rediss://") {
 				bad(key+".url", "%q is not a redis:// or rediss:// URL", src.URL)
 			}
+		case "rabbitmq":
+			if !strings.HasPrefix(src.URL, "amqp://") && !strings.HasPrefix(src.URL, "amqps://") {
+				bad(key+".url", "%q is not an amqp:// or amqps:// URL", src.URL)
+			}
 		default:
-			bad(key+".type", "%q is not jetstream or redis", src.Type)
+			bad(key+".type", "%q is not jetstream, redis or rabbitmq", src.Type)
 		}
 	}
 	names := map[string]bool{}
