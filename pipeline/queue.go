@@ -2,7 +2,10 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -119,4 +122,30 @@ type DoneStore interface {
 	Done(ctx context.Context, key string) (bool, error)
 	// MarkDone marks key; when it returns nil the mark survives a crash.
 	MarkDone(ctx context.Context, key string) error
+}
+
+// validName is what a pipeline (consumer group) or source name may be:
+// one token of a NATS subject, a Redis key or a RabbitMQ queue name.
+var validName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// CheckName reports whether name can name a pipeline or a source, with an
+// error saying what is allowed.
+func CheckName(name string) error {
+	if !validName.MatchString(name) {
+		return fmt.Errorf("%q: want 1-64 letters, digits, _ or -", name)
+	}
+	return nil
+}
+
+// OrderKey is the key whose events a queue hands out to be processed in
+// order: the "thread" field of the event's data, as JSON text, or "" when
+// there is none.
+func OrderKey(ev Event) string {
+	var d struct {
+		Thread json.RawMessage `json:"thread"`
+	}
+	if json.Unmarshal(ev.Data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
+		return ""
+	}
+	return string(d.Thread)
 }

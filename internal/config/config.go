@@ -16,13 +16,13 @@ import (
 	"maps"
 	"net"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/pipeline"
 )
 
 // Config is the whole configuration of `herald serve`. The yaml tag of each
@@ -145,11 +145,6 @@ type PollConfig struct {
 	// of the timeout= parameter). Zero means 30s.
 	Timeout time.Duration `yaml:"timeout"`
 }
-
-// LimitsConfig caps resources.
-// validPipelineName is what a pipeline name may be (it names a consumer
-// on the queue).
-var validPipelineName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // QueueConfig configures the event queue: NATS JetStream, embedded in
 // the process (storing under data_dir/jetstream) unless URL names a NATS
@@ -426,8 +421,8 @@ func (c Config) Validate() error {
 	for i, src := range c.Sources {
 		key := fmt.Sprintf("sources[%d]", i)
 		switch {
-		case !validPipelineName.MatchString(src.Name):
-			bad(key+".name", "%q: want 1-64 letters, digits, _ or -", src.Name)
+		case pipeline.CheckName(src.Name) != nil:
+			bad(key+".name", "%v", pipeline.CheckName(src.Name))
 		case sources[src.Name]:
 			bad(key+".name", "%q is used twice (or is the built-in %q)", src.Name, DefaultSource)
 		}
@@ -456,8 +451,8 @@ func (c Config) Validate() error {
 		}
 		key := fmt.Sprintf("pipelines[%d]", i)
 		switch {
-		case !validPipelineName.MatchString(p.Name):
-			bad(key+".name", "%q: want 1-64 letters, digits, _ or -", p.Name)
+		case pipeline.CheckName(p.Name) != nil:
+			bad(key+".name", "%v", pipeline.CheckName(p.Name))
 		case names[p.Name]:
 			bad(key+".name", "%q is used twice", p.Name)
 		}

@@ -42,11 +42,9 @@ package amqpqueue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -163,12 +161,9 @@ const opTimeout = 5 * time.Second
 // ErrClosed is returned by the queue's methods after Close.
 var ErrClosed = errors.New("amqpqueue: queue closed")
 
-// validGroup is what a pipeline name may be: it becomes part of queue names.
-var validGroup = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 func checkGroup(group string) error {
-	if !validGroup.MatchString(group) {
-		return fmt.Errorf("amqpqueue: pipeline name %q: want 1-64 letters, digits, _ or -", group)
+	if err := pipeline.CheckName(group); err != nil {
+		return fmt.Errorf("amqpqueue: pipeline name %w", err)
 	}
 	return nil
 }
@@ -330,18 +325,6 @@ func (q *Queue) publish(ctx context.Context, exchange, key string, msgs []amqp.P
 	return err
 }
 
-// orderKey is the thread of a comment event, as JSON text: events of one
-// thread are processed in order.
-func orderKey(ev pipeline.Event) string {
-	var d struct {
-		Thread json.RawMessage `json:"thread"`
-	}
-	if json.Unmarshal(ev.Data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
-		return ""
-	}
-	return string(d.Thread)
-}
-
 // eventPublishing is the message of an event: its data as the body, the
 // rest in properties and headers.
 func eventPublishing(ev pipeline.Event) amqp.Publishing {
@@ -353,7 +336,7 @@ func eventPublishing(ev pipeline.Event) amqp.Publishing {
 		Timestamp:    time.Now(),
 		Body:         ev.Data,
 	}
-	if k := orderKey(ev); k != "" {
+	if k := pipeline.OrderKey(ev); k != "" {
 		m.Headers = amqp.Table{hdrOrderKey: k}
 	}
 	return m

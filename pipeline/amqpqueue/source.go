@@ -244,7 +244,7 @@ func (s *source) newJob(d amqp.Delivery) *job {
 			sum := sha256.Sum256(d.Body) // the same on every delivery
 			ev.ID = "amqp-" + hex.EncodeToString(sum[:16])
 		}
-		j := &job{s: s, d: d, ev: ev, attempt: attemptOf(d), key: orderKey(ev)}
+		j := &job{s: s, d: d, ev: ev, attempt: attemptOf(d), key: pipeline.OrderKey(ev)}
 		s.out.Add(1)
 		if j.attempt > 1 {
 			s.outRe.Add(1)

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -82,9 +81,6 @@ const (
 	hdrAttempts = "Herald-Attempts"
 	hdrGroup    = "Herald-Pipeline"
 )
-
-// validGroup is what a pipeline name may be: one subject token.
-var validGroup = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // Embedded starts a NATS server with JetStream inside the process,
 // storing under dir, reachable only in-process (it opens no port). Stop it
@@ -213,22 +209,10 @@ func eventMsg(subject string, ev pipeline.Event) *nats.Msg {
 	m.Data = ev.Data
 	m.Header.Set(hdrEventID, ev.ID)
 	m.Header.Set(hdrType, ev.Type)
-	if k := orderKey(ev); k != "" {
+	if k := pipeline.OrderKey(ev); k != "" {
 		m.Header.Set(hdrOrderKey, k)
 	}
 	return m
-}
-
-// orderKey is the thread of a comment event: events of one thread are
-// processed in order.
-func orderKey(ev pipeline.Event) string {
-	var d struct {
-		Thread json.RawMessage `json:"thread"`
-	}
-	if json.Unmarshal(ev.Data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
-		return ""
-	}
-	return string(d.Thread)
 }
 
 // enqueueTimeout bounds waiting for JetStream to confirm appends.
@@ -270,8 +254,8 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 
 // Source returns the durable consumer named group.
 func (q *Queue) Source(ctx context.Context, group string, cfg pipeline.SourceConfig) (pipeline.Source, error) {
-	if !validGroup.MatchString(group) {
-		return nil, fmt.Errorf("jetstream: pipeline name %q: want 1-64 letters, digits, _ or -", group)
+	if err := pipeline.CheckName(group); err != nil {
+		return nil, fmt.Errorf("jetstream: pipeline name %w", err)
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second
@@ -433,7 +417,7 @@ func newJob(s *source, m jetstream.Msg) *job {
 		if ev.ID == "" && mdErr == nil {
 			ev.ID = "js-" + strconv.FormatUint(md.Sequence.Stream, 10) // the same on every delivery
 		}
-		j.ev, j.key = ev, orderKey(ev)
+		j.ev, j.key = ev, pipeline.OrderKey(ev)
 	}
 	return j
 }

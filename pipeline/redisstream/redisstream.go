@@ -31,12 +31,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,9 +119,6 @@ const opTimeout = 5 * time.Second
 // ErrClosed is returned by Fetch after the queue was closed.
 var ErrClosed = errors.New("redisstream: queue closed")
 
-// validGroup is what a pipeline name may be: it becomes part of keys.
-var validGroup = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // Queue is a pipeline.Queue and pipeline.DoneStore on Redis Streams. It is
 // safe for concurrent use.
 type Queue struct {
@@ -191,18 +186,6 @@ func (q *Queue) groupKeys(group string) [2]string {
 	return [2]string{q.streamKey(), q.replayKey(group)}
 }
 
-// orderKey is the thread of a comment event, as JSON text: events of one
-// thread are processed in order.
-func orderKey(ev pipeline.Event) string {
-	var d struct {
-		Thread json.RawMessage `json:"thread"`
-	}
-	if json.Unmarshal(ev.Data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
-		return ""
-	}
-	return string(d.Thread)
-}
-
 // enqueueScript appends the events whose ID key does not exist and sets
 // that key with the duplicate window as expiry, atomically. The check
 // comes first and the mark after the XADD, so that a failed XADD leaves
@@ -248,7 +231,7 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 		args = append(args, window, q.cfg.MaxLen)
 		for _, ev := range batch {
 			keys = append(keys, q.idKey(ev.ID))
-			args = append(args, ev.ID, ev.Type, []byte(ev.Data), orderKey(ev))
+			args = append(args, ev.ID, ev.Type, []byte(ev.Data), pipeline.OrderKey(ev))
 		}
 		if err := enqueueScript.Run(ctx, q.rdb, keys, args...).Err(); err != nil {
 			return fmt.Errorf("redisstream: enqueue: %w", err)
@@ -261,8 +244,8 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 // the start of each, like JetStream's deliver-all: a new pipeline also
 // gets the events still in the stream) and returns its source.
 func (q *Queue) Source(ctx context.Context, group string, cfg pipeline.SourceConfig) (pipeline.Source, error) {
-	if !validGroup.MatchString(group) {
-		return nil, fmt.Errorf("redisstream: pipeline name %q: want 1-64 letters, digits, _ or -", group)
+	if err := pipeline.CheckName(group); err != nil {
+		return nil, fmt.Errorf("redisstream: pipeline name %w", err)
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second

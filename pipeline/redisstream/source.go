@@ -247,7 +247,7 @@ func (s *source) newJob(ctx context.Context, key string, m redis.XMessage, attem
 		if ev.ID == "" {
 			ev.ID = key + "-" + m.ID // the same on every delivery
 		}
-		return &job{s: s, key: key, entry: m.ID, ev: ev, attempt: attempt, order: orderKey(ev)}
+		return &job{s: s, key: key, entry: m.ID, ev: ev, attempt: attempt, order: pipeline.OrderKey(ev)}
 	}
 	if id == "" {
 		s.q.cfg.Logger.Warn("redisstream: skipping a stream entry that is not an event",
