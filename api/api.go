@@ -143,15 +143,26 @@ func (a *API) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// readyz serves GET /readyz: 200 when this node takes new subscribers and
+// publishes; 503 while it shuts down (shutting_down) or while its broker
+// cannot reach its engine (engine_unavailable). Existing subscribers stay
+// connected during an engine outage; the load balancer only stops sending
+// new ones.
 func (a *API) readyz(w http.ResponseWriter, _ *http.Request) {
 	if !a.ready() {
 		w.Header().Set("Retry-After", "5")
 		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeShuttingDown, "server is shutting down")
 		return
 	}
+	if h := a.hub.BrokerHealth(); !h.Connected {
+		w.Header().Set("Retry-After", "5")
+		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "broker cannot reach "+h.Engine)
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
+// ready reports whether the server is not shutting down.
 func (a *API) ready() bool {
 	if a.cfg.Ready != nil && !a.cfg.Ready() {
 		return false

@@ -122,6 +122,25 @@ func (a *API) newMetricsHandler() http.Handler {
 			}, func() float64 { return float64(e.Stats().Heartbeats) }),
 		)
 	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_broker_connected",
+			Help: "1 while the broker reaches its engine (always 1 with the in-process broker).",
+		}, func() float64 {
+			if a.hub.BrokerHealth().Connected {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herald_broker_reconnects_total",
+			Help: "Connections to the broker's engine re-established since start.",
+		}, func() float64 { return float64(a.hub.BrokerHealth().Reconnects) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_cluster_nodes",
+			Help: "Nodes heard from through the broker recently, this one included.",
+		}, func() float64 { return float64(len(a.hub.Nodes())) }),
+	)
 	if a.cfg.Pipelines != nil {
 		reg.MustRegister(newPipelineCollector(a.cfg.Pipelines))
 	}

@@ -58,27 +58,62 @@ func (a *API) publishJSON(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	req, code, msg := decodePublish(body)
+	p, code, msg := publication(body)
 	if code != "" {
 		httpx.Error(w, http.StatusBadRequest, code, msg)
 		return
 	}
+	a.publish(w, r, p)
+}
+
+// publication decodes and checks a publish body. On failure it returns the
+// error code and message of a 400 answer.
+func publication(body []byte) (p hub.Publication, code, msg string) {
+	req, code, msg := decodePublish(body)
+	if code != "" {
+		return p, code, msg
+	}
 	channels := req.Channels
 	if req.Channel != "" {
 		if len(channels) > 0 {
-			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest, `give either "channel" or "channels", not both`)
-			return
+			return p, httpx.CodeInvalidRequest, `give either "channel" or "channels", not both`
 		}
 		channels = []string{req.Channel}
 	}
 	if len(req.IdempotencyKey) > MaxIdempotencyKeyLen {
-		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest,
-			fmt.Sprintf("idempotency_key is longer than %d bytes", MaxIdempotencyKeyLen))
-		return
+		return p, httpx.CodeInvalidRequest, fmt.Sprintf("idempotency_key is longer than %d bytes", MaxIdempotencyKeyLen)
 	}
-	a.publish(w, r, hub.Publication{
-		Channels: channels, Type: req.Type, Data: req.Data, IdempotencyKey: req.IdempotencyKey,
-	})
+	return hub.Publication{Channels: channels, Type: req.Type, Data: req.Data, IdempotencyKey: req.IdempotencyKey}, "", ""
+}
+
+// PublishBody publishes a POST /v1/publish body that arrived by another
+// route than HTTP (the engine's publish subject, see internal/app) with
+// the same checks, and returns the HTTP status and JSON answer the API
+// would have given.
+func PublishBody(ctx context.Context, h *hub.Hub, body []byte) (status int, answer []byte) {
+	fail := func(status int, code, msg string) (int, []byte) {
+		b, _ := json.Marshal(httpx.ErrorBody{Error: httpx.ErrorDetail{Code: code, Message: msg}})
+		return status, b
+	}
+	c := h.Config()
+	if limit := c.MaxMessageBytes + c.MaxChannelsPerPublish*(hub.MaxChannelLen+3) + 4096; len(body) > limit {
+		return fail(http.StatusRequestEntityTooLarge, httpx.CodeMessageTooLarge, fmt.Sprintf("the body is larger than %d bytes", limit))
+	}
+	p, code, msg := publication(body)
+	if code != "" {
+		return fail(http.StatusBadRequest, code, msg)
+	}
+	results, err := h.Publish(ctx, p)
+	if err != nil {
+		status, code := httpx.HubStatus(err)
+		msg := err.Error()
+		if status == http.StatusInternalServerError {
+			msg = "internal error"
+		}
+		return fail(status, code, msg)
+	}
+	b, _ := json.Marshal(publishResponse{Results: results})
+	return http.StatusOK, b
 }
 
 // decodePublish strictly decodes a publish body. On failure it returns the

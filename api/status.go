@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/pipeline"
@@ -35,6 +36,13 @@ type Status struct {
 	IdempotencyKeys int         `json:"idempotency_keys"`
 	// Engine is present when connections run on the engine.
 	Engine *EngineStatus `json:"engine,omitempty"`
+	// Node is this node's id; Cluster lists the nodes heard from through
+	// the broker (this one first), with their connection counts and
+	// broker health. With the in-process broker it is this node alone.
+	Node    string         `json:"node"`
+	Cluster []hub.NodeInfo `json:"cluster"`
+	// Broker is this node's broker and the health of its engine.
+	Broker broker.Health `json:"broker"`
 	// Pipelines are the event pipelines' figures: per stage in, out,
 	// failed, dropped and latency, and their queue's pending, in-flight,
 	// redelivered and dead-lettered events.
@@ -99,6 +107,9 @@ func (a *API) summary(ctx context.Context) Status {
 		ps = a.cfg.Pipelines(ctx)
 	}
 	return Status{
+		Node:            a.hub.NodeID(),
+		Cluster:         a.hub.Nodes(),
+		Broker:          a.hub.BrokerHealth(),
 		Pipelines:       ps,
 		Engine:          es,
 		Version:         a.cfg.Version,

@@ -64,3 +64,44 @@ type Broker interface {
 type Shutdowner interface {
 	Shutdown(ctx context.Context) error
 }
+
+// Subscriber is implemented by brokers that deliver to a node only the
+// channels it has subscribed to (interest-based routing). A broker without
+// it delivers every channel to every node.
+//
+// Contract:
+//   - The hub calls Subscribe when a channel gets its first subscriber on
+//     this node, and Unsubscribe when its last one leaves. It serialises
+//     the calls for one channel and never subscribes a channel twice
+//     without an Unsubscribe in between.
+//   - When Subscribe returns nil, the subscription is in place at the
+//     engine: every message published after that reaches the handler.
+//     The hub reads the channel's history only then.
+//   - Unsubscribe stops delivery of the channel soon; a few messages
+//     already on their way may still reach the handler.
+//   - After the engine comes back from an outage, the broker restores
+//     every subscription by itself.
+type Subscriber interface {
+	Subscribe(ctx context.Context, channel string) error
+	Unsubscribe(ctx context.Context, channel string) error
+}
+
+// Health is a broker's view of its engine.
+type Health struct {
+	// Connected reports whether the broker can publish and receive now.
+	Connected bool `json:"connected"`
+	// Engine names the engine and the server the broker uses, e.g.
+	// "nats nats://127.0.0.1:4222". Credentials are never included.
+	Engine string `json:"engine"`
+	// Reconnects counts the connections re-established since start.
+	Reconnects uint64 `json:"reconnects"`
+	// Err is the last connection error while disconnected.
+	Err string `json:"error,omitempty"`
+}
+
+// HealthReporter is implemented by brokers that depend on an engine. A
+// broker without it is always healthy (the in-process broker). Health must
+// be cheap and must not block on the network.
+type HealthReporter interface {
+	Health() Health
+}

@@ -18,6 +18,9 @@ var (
 	ErrTooManyConnectionsFromIP = errors.New("hub: too many connections from this address")
 	ErrSessionClosed            = errors.New("hub: session closed")
 	ErrShuttingDown             = errors.New("hub: shutting down")
+	// ErrUnavailable wraps a failure of the broker or the history store
+	// (an engine outage): the request may succeed if retried later.
+	ErrUnavailable = errors.New("hub: broker or history unavailable")
 )
 
 // ErrDuplicate is returned by a History's Append for a message whose

@@ -28,6 +28,15 @@ func TestMemoryHistorySharedConformance(t *testing.T) {
 	})
 }
 
+// TestMemoryHistoryLossConformance: the memory store loses its history
+// only when the process restarts, and a restarted node starts with a new,
+// empty store.
+func TestMemoryHistoryLossConformance(t *testing.T) {
+	historytest.RunLoss(t, func(*testing.T) (hub.History, func() hub.History) {
+		return hub.NewMemoryHistory(), func() hub.History { return hub.NewMemoryHistory() }
+	})
+}
+
 var (
 	keep   = hub.HistoryOptions{Size: 10}
 	noTTL  = func(string) time.Duration { return 0 }

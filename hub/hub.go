@@ -8,10 +8,14 @@ package hub
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +74,13 @@ type Config struct {
 	IdempotencyMaxKeys int
 	// SweepInterval is how often expired history is dropped. Zero means 30s.
 	SweepInterval time.Duration
+	// NodeID names this node in the cluster view. Zero means the host
+	// name and a random suffix.
+	NodeID string
+	// NodeHeartbeat is how often a node tells the others (through a
+	// networked broker) that it is alive; a node not heard from for three
+	// heartbeats leaves the cluster view. Zero means 2s.
+	NodeHeartbeat time.Duration
 	// Logger receives the hub's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -103,6 +114,10 @@ func (c Config) Defaults() Config {
 	setDefault(&c.IdempotencyMaxKeys, 100_000)
 	setDefault(&c.IdempotencyWindow, 5*time.Minute)
 	setDefault(&c.SweepInterval, 30*time.Second)
+	setDefault(&c.NodeHeartbeat, 2*time.Second)
+	if c.NodeID == "" {
+		c.NodeID = defaultNodeID()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -129,6 +144,9 @@ type Hub struct {
 	stripes    [256]sync.Mutex // serialise append+publish per channel
 
 	closing atomic.Bool // set when Shutdown begins; publishes are refused
+
+	remote *remote // nil with the in-process broker
+	nodes  cluster
 
 	connMu       sync.Mutex
 	sessions     map[*Session]struct{} // guarded by connMu
@@ -168,8 +186,18 @@ func New(cfg Config) (*Hub, error) {
 	if h.history == nil {
 		h.history = NewMemoryHistory()
 	}
+	h.nodes.nodes = make(map[string]NodeInfo)
+	if _, local := h.broker.(*memory.Broker); !local {
+		h.remote = newRemote(h)
+	}
 	if err := h.broker.Run(h.handle); err != nil {
 		return nil, err
+	}
+	if h.remote != nil {
+		for range fillWorkers {
+			h.goFunc(h.remote.fillLoop)
+		}
+		h.goFunc(h.watchLoop)
 	}
 	if mh, ok := h.history.(*MemoryHistory); ok {
 		h.goFunc(func() { h.sweepLoop(mh) })
@@ -305,7 +333,7 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 	defer mu.Unlock()
 	if err := h.history.Append(ctx, m, h.namespace(m.Channel).historyOptions()); err != nil {
 		if !errors.Is(err, ErrDuplicate) {
-			return err
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		// Stored before under the same key. The earlier publish may have
 		// failed after storing it, before anyone was told: hand the stored
@@ -323,7 +351,7 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 		if errors.Is(err, broker.ErrClosed) {
 			return ErrShuttingDown
 		}
-		return err
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return nil
 }
@@ -331,7 +359,54 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 // handle receives every message from the broker and fans it out to local
 // sessions.
 func (h *Hub) handle(bm *broker.Message) {
-	h.index.fanout(newMessage(bm))
+	switch {
+	case h.remote == nil:
+		h.index.fanout(newMessage(bm))
+	case bm.Channel == nodesChannel:
+		h.receiveBeat(bm)
+	default:
+		h.remote.receive(newMessage(bm))
+	}
+}
+
+// join registers s as a subscriber of ch on this node: at the broker first
+// when it is the node's first subscriber of ch, then in the index. It
+// reports false when the channel is full.
+func (h *Hub) join(ctx context.Context, ch string, s *Session) (bool, error) {
+	if h.remote != nil {
+		if err := h.remote.acquire(ctx, ch); err != nil {
+			return false, err
+		}
+	}
+	if !h.index.add(ch, s, h.namespace(ch).MaxSubscribers) {
+		if h.remote != nil {
+			h.remote.release(ch)
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
+// leave undoes join.
+func (h *Hub) leave(ch string, s *Session) {
+	if h.index.remove(ch, s) && h.remote != nil {
+		h.remote.release(ch)
+	}
+}
+
+// sequenced reports whether messages reach sessions in offsets that agree
+// across nodes, so that a jump in offsets is a gap to report.
+func (h *Hub) sequenced() bool { return h.remote != nil && h.remote.sequenced }
+
+// defaultNodeID is the host name and a random suffix.
+func defaultNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "herald"
+	}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
 }
 
 // NewSession registers a subscriber connection. It fails with

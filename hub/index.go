@@ -67,18 +67,18 @@ func (x *index) add(ch string, s *Session, max int) bool {
 	return true
 }
 
-// remove unsubscribes s from ch.
-func (x *index) remove(ch string, s *Session) {
+// remove unsubscribes s from ch. It reports whether s was subscribed.
+func (x *index) remove(ch string, s *Session) bool {
 	sh := x.shard(ch)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	cs := sh.channels[ch]
 	if cs == nil {
-		return
+		return false
 	}
 	i, ok := cs.pos[s]
 	if !ok {
-		return
+		return false
 	}
 	last := len(cs.subs) - 1
 	cs.subs[i] = cs.subs[last]
@@ -89,6 +89,7 @@ func (x *index) remove(ch string, s *Session) {
 	if len(cs.subs) == 0 {
 		delete(sh.channels, ch)
 	}
+	return true
 }
 
 // fanout hands m to every subscriber of its channel and returns how many

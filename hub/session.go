@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -121,7 +122,12 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 	// Register first, then read history: a message published in between is
 	// both buffered live and in history, and the offset check drops one.
 	for i, ch := range fresh {
-		if !h.index.add(ch, s, h.namespace(ch).MaxSubscribers) {
+		ok, err := h.join(ctx, ch, s)
+		if err != nil {
+			s.rollback(fresh[:i], fresh)
+			return &ChannelError{Channel: ch, Err: err}
+		}
+		if !ok {
 			s.rollback(fresh[:i], fresh)
 			return &ChannelError{Channel: ch, Err: ErrChannelFull}
 		}
@@ -130,7 +136,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 	// (A Close after this check sees fresh in s.subs and removes them.)
 	if _, closed := s.Closed(); closed {
 		for _, ch := range fresh {
-			h.index.remove(ch, s)
+			h.leave(ch, s)
 		}
 		return ErrSessionClosed
 	}
@@ -154,7 +160,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		}
 		if err != nil {
 			s.rollback(fresh, fresh)
-			return err
+			return &ChannelError{Channel: ch, Err: fmt.Errorf("%w: %w", ErrUnavailable, err)}
 		}
 	}
 
@@ -197,6 +203,10 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 				replay += m.Size()
 			}
 		}
+		if r.gap && st.epoch == r.head.Epoch {
+			// Everything up to the head was replayed or is reported lost.
+			st.offset = max(st.offset, r.head.Offset)
+		}
 		for _, m := range st.buf {
 			s.qbytes -= m.Size()
 			s.pushLocked(st, m)
@@ -226,7 +236,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 // all of fresh leave the session.
 func (s *Session) rollback(registered, fresh []string) {
 	for _, ch := range registered {
-		s.hub.index.remove(ch, s)
+		s.hub.leave(ch, s)
 	}
 	s.mu.Lock()
 	for _, ch := range fresh {
@@ -263,7 +273,7 @@ func (s *Session) Unsubscribe(ch string) bool {
 		return false
 	})
 	s.mu.Unlock()
-	s.hub.index.remove(ch, s)
+	s.hub.leave(ch, s)
 	return true
 }
 
@@ -305,6 +315,12 @@ func (s *Session) deliver(m *Message) bool {
 		return !overflow
 	}
 	wasEmpty := len(s.queue) == 0
+	if s.hub.sequenced() && st.epoch != "" && (m.Epoch != st.epoch || m.Offset > st.offset+1) {
+		// The node's sequencer skipped messages that history no longer
+		// holds, or history was lost (a new epoch): say so.
+		s.queue = append(s.queue, Item{Kind: ItemGap, Channels: []string{st.channel}})
+		s.qbytes += listCost([]string{st.channel})
+	}
 	if !s.pushLocked(st, m) {
 		s.mu.Unlock()
 		return false
@@ -454,7 +470,7 @@ func (s *Session) Close(d Disconnect) {
 	s.subs = subSet{}
 	s.mu.Unlock()
 	for _, ch := range chans {
-		s.hub.index.remove(ch, s)
+		s.hub.leave(ch, s)
 	}
 	s.hub.release(s)
 	s.wake()

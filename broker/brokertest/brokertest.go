@@ -13,6 +13,18 @@
 //		})
 //	}
 //
+// Brokers that depend on an external engine also run RunOutage, with a
+// handle on the engine that kills and restarts it:
+//
+//	func TestOutage(t *testing.T) {
+//		srv := testutil.NATS(t)
+//		brokertest.RunOutage(t, newTestCluster(srv.URL()), srv)
+//	}
+//
+// Brokers that implement broker.Subscriber are subscribed to every channel
+// a case uses before it publishes; RunCluster then also runs the cases of
+// the Subscriber contract.
+//
 // The suite makes no assumption about when delivery happens: it waits for
 // messages by polling with a deadline, so brokers that deliver synchronously
 // (memory) and asynchronously (over a network) are tested alike. It imports
@@ -27,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +84,14 @@ const clusterSize = 3
 // new brokers connected to one another (n Herald nodes on one engine), on
 // none of which Run has been called, and register their clean-up like Run's
 // factory. RunCluster does not repeat the single-broker cases: call Run too.
+//
+// When the brokers implement broker.Subscriber, every case subscribes each
+// node to the channels it uses before publishing, and RunCluster adds the
+// cases of the Subscriber contract (only a subscribed channel is delivered;
+// Unsubscribe stops delivery; a subscription is in place when Subscribe
+// returns; a channel can be subscribed again). For brokers that do not
+// implement it, these cases are not listed at all. To tell, RunCluster
+// first asks newCluster for a single broker and shuts it down.
 func RunCluster(t *testing.T, newCluster func(t *testing.T, n int) []broker.Broker) {
 	t.Helper()
 	cases := []struct {
@@ -80,6 +101,17 @@ func RunCluster(t *testing.T, newCluster func(t *testing.T, n int) []broker.Brok
 		{"EveryNodeReceivesEveryMessageOnce", testClusterDeliversEverywhere},
 		{"PerChannelOrderIsKeptOnEveryNode", testClusterOrder},
 		{"ShutdownOfOneNodeLeavesTheOthersWorking", testClusterShutdownOneNode},
+	}
+	if implementsSubscriber(t, newCluster) {
+		cases = append(cases, []struct {
+			name string
+			fn   func(*testing.T, func(*testing.T, int) []broker.Broker)
+		}{
+			{"OnlySubscribedChannelsAreDelivered", testOnlySubscribedDelivered},
+			{"UnsubscribeStopsDelivery", testUnsubscribeStopsDelivery},
+			{"SubscribeAgainAfterUnsubscribeDelivers", testResubscribe},
+			{"SubscribeIsInPlaceWhenItReturns", testSubscribeInPlace},
+		}...)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newCluster) })
@@ -335,6 +367,51 @@ func start(t *testing.T, b broker.Broker) *recorder {
 	return r
 }
 
+// subscribe subscribes b to chans if b is a broker.Subscriber, and does
+// nothing otherwise: a broker without it delivers every channel.
+func subscribe(t *testing.T, node string, b broker.Broker, chans ...string) {
+	t.Helper()
+	s, ok := b.(broker.Subscriber)
+	if !ok {
+		return
+	}
+	for _, ch := range chans {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		err := s.Subscribe(ctx, ch)
+		cancel()
+		if err != nil {
+			t.Fatalf("%sSubscribe(%s): %v", node, ch, err)
+		}
+	}
+}
+
+// subscribeAll subscribes every node of bs to chans.
+func subscribeAll(t *testing.T, bs []broker.Broker, chans ...string) {
+	t.Helper()
+	for i, b := range bs {
+		subscribe(t, node(i), b, chans...)
+	}
+}
+
+// implementsSubscriber asks newCluster for one broker, shuts it down, and
+// reports whether it implements broker.Subscriber.
+func implementsSubscriber(t *testing.T, newCluster func(*testing.T, int) []broker.Broker) bool {
+	t.Helper()
+	bs := newCluster(t, 1)
+	if len(bs) != 1 {
+		t.Fatalf("cluster factory returned %d brokers, want 1", len(bs))
+	}
+	_, ok := bs[0].(broker.Subscriber)
+	if sd, isSd := bs[0].(broker.Shutdowner); isSd {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		defer cancel()
+		if err := sd.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown of the broker asked for to learn whether it is a broker.Subscriber: %v", err)
+		}
+	}
+	return ok
+}
+
 func shutdowner(t *testing.T, b broker.Broker) broker.Shutdowner {
 	t.Helper()
 	sd, ok := b.(broker.Shutdowner)
@@ -353,6 +430,7 @@ func testDeliversOnceIntact(t *testing.T, newBroker func(*testing.T) broker.Brok
 	r := start(t, b)
 	p := prefix(t)
 	chans := []string{p + "thread:42", p + "user/7~x", p + "firehose"}
+	subscribe(t, "", b, chans...)
 	want := make(map[string][]*broker.Message)
 	for i, ch := range chans {
 		var ms []*broker.Message
@@ -434,6 +512,7 @@ func testOrderUnderConcurrency(t *testing.T, newBroker func(*testing.T) broker.B
 	for i := range 8 {
 		chans = append(chans, fmt.Sprintf("%sorder:%d", p, i))
 	}
+	subscribe(t, "", b, chans...)
 	want := publishConcurrently(t, []broker.Broker{b}, chans, 300)
 	for _, ch := range chans {
 		waitExactly(t, "", r, ch, want[ch])
@@ -459,6 +538,7 @@ func testOrderOfSerialisedPublishers(t *testing.T, newBroker func(*testing.T) br
 	lanes := make([]*lane, nchan)
 	for i := range lanes {
 		lanes[i] = &lane{}
+		subscribe(t, "", b, fmt.Sprintf("%sserial:%d", p, i))
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, nchan*perChan)
@@ -511,6 +591,7 @@ func testNoConcurrentHandlerPerChannel(t *testing.T, newBroker func(*testing.T) 
 	for i := range 4 {
 		chans = append(chans, fmt.Sprintf("%sinflight:%d", p, i))
 	}
+	subscribe(t, "", b, chans...)
 	want := publishConcurrently(t, []broker.Broker{b}, chans, 500)
 	for _, ch := range chans {
 		waitExactly(t, "", r, ch, want[ch])
@@ -525,6 +606,7 @@ func testPublishAfterShutdown(t *testing.T, newBroker func(*testing.T) broker.Br
 	sd := shutdowner(t, b)
 	r := start(t, b)
 	ch := prefix(t) + "closed"
+	subscribe(t, "", b, ch)
 	first := msg(ch, 1)
 	publish(t, b, first)
 	waitExactly(t, "", r, ch, []*broker.Message{first})
@@ -630,6 +712,7 @@ func testShutdownHonoursContext(t *testing.T, newBroker func(*testing.T) broker.
 		if err := b.Run(r.handle); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
+		subscribe(t, "", b, stuck)
 		// A synchronous broker delivers inside Publish, so publish from
 		// another goroutine; it returns once release is closed.
 		m := msg(stuck, 1)
@@ -672,8 +755,13 @@ func startCluster(t *testing.T, newCluster func(*testing.T, int) []broker.Broker
 		rs[i] = start(t, b)
 	}
 	p := prefix(t)
+	var warmup []string
+	for i := range bs {
+		warmup = append(warmup, fmt.Sprintf("%swarmup:%d", p, i))
+	}
+	subscribeAll(t, bs, warmup...)
 	for i, b := range bs {
-		ch := fmt.Sprintf("%swarmup:%d", p, i)
+		ch := warmup[i]
 		var off uint64
 		eventually(t, func() error {
 			off++
@@ -701,9 +789,12 @@ func testClusterDeliversEverywhere(t *testing.T, newCluster func(*testing.T, int
 	p := prefix(t)
 	want := make(map[string][]*broker.Message)
 	var chans []string
+	for i := range bs {
+		chans = append(chans, fmt.Sprintf("%sfrom:%d", p, i))
+	}
+	subscribeAll(t, bs, chans...)
 	for i, b := range bs {
-		ch := fmt.Sprintf("%sfrom:%d", p, i)
-		chans = append(chans, ch)
+		ch := chans[i]
 		ms := []*broker.Message{msg(ch, 1), msg(ch, 2)}
 		ms = append(ms, odd(ch, 3)...)
 		ms = append(ms, msg(ch, 5)) // last: see testDeliversOnceIntact
@@ -729,6 +820,7 @@ func testClusterOrder(t *testing.T, newCluster func(*testing.T, int) []broker.Br
 	for i := range 3 * clusterSize {
 		chans = append(chans, fmt.Sprintf("%sorder:%d", p, i))
 	}
+	subscribeAll(t, bs, chans...)
 	want := publishConcurrently(t, bs, chans, 200)
 	for j, r := range rs {
 		for _, ch := range chans {
@@ -744,13 +836,16 @@ func testClusterShutdownOneNode(t *testing.T, newCluster func(*testing.T, int) [
 	bs, rs := startCluster(t, newCluster, clusterSize)
 	sd := shutdowner(t, bs[0])
 	p := prefix(t)
+	ch := p + "alive"
+	// Node 0 subscribes too: its Shutdown, not a missing subscription,
+	// must keep the messages from it.
+	subscribeAll(t, bs, ch)
 	if err := sd.Shutdown(t.Context()); err != nil {
 		t.Fatalf("node 0: Shutdown: %v", err)
 	}
 	if err := bs[0].Publish(t.Context(), msg(p+"dead", 1)); !errors.Is(err, broker.ErrClosed) {
 		t.Errorf("node 0: Publish after Shutdown: %v, want broker.ErrClosed", err)
 	}
-	ch := p + "alive"
 	want := []*broker.Message{msg(ch, 1), msg(ch, 2), msg(ch, 3)}
 	for _, m := range want {
 		publish(t, bs[1], m)
@@ -762,5 +857,418 @@ func testClusterShutdownOneNode(t *testing.T, newCluster func(*testing.T, int) [
 	// that nothing arrives later, but it catches a node that still delivers.
 	if got := rs[0].received(ch); len(got) != 0 {
 		t.Errorf("node 0 received %d messages after its Shutdown returned", len(got))
+	}
+}
+
+// ---- Subscriber cases (RunCluster, for brokers that implement broker.Subscriber) ----
+
+func subscriber(t *testing.T, b broker.Broker) broker.Subscriber {
+	t.Helper()
+	s, ok := b.(broker.Subscriber)
+	if !ok {
+		t.Fatalf("%T does not implement broker.Subscriber", b) // RunCluster lists the case only if it does
+	}
+	return s
+}
+
+// unsubscribe calls Unsubscribe, failing the test on error.
+func unsubscribe(t *testing.T, node string, b broker.Broker, ch string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	if err := subscriber(t, b).Unsubscribe(ctx, ch); err != nil {
+		t.Fatalf("%sUnsubscribe(%s): %v", node, ch, err)
+	}
+}
+
+// testOnlySubscribedDelivered: node 0 subscribes channel X only; node 1,
+// subscribed to X and Y, publishes both; node 0 receives every X and no Y.
+func testOnlySubscribedDelivered(t *testing.T, newCluster func(*testing.T, int) []broker.Broker) {
+	bs, rs := startCluster(t, newCluster, 2)
+	p := prefix(t)
+	x, y := p+"wanted", p+"unwanted"
+	subscribe(t, node(0), bs[0], x)
+	subscribe(t, node(1), bs[1], x, y)
+	var wantX, wantY []*broker.Message
+	for off := uint64(1); off <= 5; off++ {
+		my, mx := msg(y, off), msg(x, off)
+		publish(t, bs[1], my)
+		publish(t, bs[1], mx)
+		wantY = append(wantY, my)
+		wantX = append(wantX, mx)
+	}
+	waitExactly(t, node(1), rs[1], y, wantY) // Y did travel
+	waitExactly(t, node(1), rs[1], x, wantX)
+	waitExactly(t, node(0), rs[0], x, wantX)
+	// Every Y was published before the last X. Without a sleep this cannot
+	// prove that no Y arrives later, but it catches a broker that delivers
+	// every channel to every node.
+	if got := rs[0].received(y); len(got) != 0 {
+		t.Errorf("node 0: received %d messages of a channel it never subscribed to", len(got))
+	}
+	rs[0].checkNoOverlap(t, node(0))
+}
+
+// testUnsubscribeStopsDelivery: after node 0 unsubscribes channel X, the
+// messages node 1 publishes on X no longer reach it. A marker published on
+// another channel after them tells when they would have arrived.
+func testUnsubscribeStopsDelivery(t *testing.T, newCluster func(*testing.T, int) []broker.Broker) {
+	bs, rs := startCluster(t, newCluster, 2)
+	p := prefix(t)
+	x, marker := p+"leaving", p+"marker"
+	subscribeAll(t, bs, x, marker)
+	before := []*broker.Message{msg(x, 1), msg(x, 2)}
+	for _, m := range before {
+		publish(t, bs[1], m)
+	}
+	// Nothing of X is on its way to node 0 once it has both.
+	waitExactly(t, node(0), rs[0], x, before)
+	unsubscribe(t, node(0), bs[0], x)
+
+	after := []*broker.Message{msg(x, 3), msg(x, 4), msg(x, 5)}
+	for _, m := range after {
+		publish(t, bs[1], m)
+	}
+	mk := msg(marker, 1)
+	publish(t, bs[1], mk)
+	waitExactly(t, node(1), rs[1], x, append(slices.Clone(before), after...)) // they did travel
+	waitExactly(t, node(0), rs[0], marker, []*broker.Message{mk})
+	if got := rs[0].received(x); len(got) != len(before) {
+		t.Errorf("node 0: received %d messages of %s published after its Unsubscribe returned (received offsets %s)",
+			len(got)-len(before), x, offsets(got))
+	}
+	rs[0].checkNoOverlap(t, node(0))
+}
+
+// testResubscribe: a channel unsubscribed and subscribed again is
+// delivered again, once per message.
+func testResubscribe(t *testing.T, newCluster func(*testing.T, int) []broker.Broker) {
+	bs, rs := startCluster(t, newCluster, 2)
+	ch := prefix(t) + "again"
+	subscribe(t, node(0), bs[0], ch)
+	want := []*broker.Message{msg(ch, 1)}
+	publish(t, bs[1], want[0])
+	waitExactly(t, node(0), rs[0], ch, want)
+	for off := uint64(2); off <= 4; off++ {
+		unsubscribe(t, node(0), bs[0], ch)
+		subscribe(t, node(0), bs[0], ch)
+		m := msg(ch, off)
+		publish(t, bs[1], m)
+		want = append(want, m)
+		waitExactly(t, node(0), rs[0], ch, want)
+	}
+	rs[0].checkNoOverlap(t, node(0))
+}
+
+// testSubscribeInPlace: a message another node publishes right after
+// Subscribe returns is received: the subscription is in place at the
+// engine by then (the hub reads the channel's history only then).
+func testSubscribeInPlace(t *testing.T, newCluster func(*testing.T, int) []broker.Broker) {
+	bs, rs := startCluster(t, newCluster, 2)
+	p := prefix(t)
+	want := make(map[string]*broker.Message)
+	var chans []string
+	for i := range 20 {
+		ch := fmt.Sprintf("%sfresh:%d", p, i)
+		subscribe(t, node(0), bs[0], ch)
+		m := msg(ch, 1)
+		publish(t, bs[1], m)
+		chans = append(chans, ch)
+		want[ch] = m
+	}
+	for _, ch := range chans {
+		waitExactly(t, node(0), rs[0], ch, []*broker.Message{want[ch]})
+	}
+}
+
+// ---- outage (RunOutage) ----
+
+// Engine is the external engine (NATS, Redis) that a networked broker
+// depends on, as RunOutage drives it. Kill stops it abruptly, as a crash
+// does (SIGKILL); Start starts it again at the same address and returns
+// once it accepts connections. Both fail the test themselves when they
+// cannot, and are called from the test's goroutine. The NATSServer of
+// internal/testutil implements it.
+type Engine interface {
+	Kill()
+	Start()
+}
+
+const (
+	// outageCallTimeout is the context given to Publish and Subscribe
+	// while the engine is down; they must return within it (and
+	// shutdownGrace).
+	outageCallTimeout = 100 * time.Millisecond
+	// outageBurst is how many 32 KiB messages RunOutage publishes while
+	// the engine is down: 1.5 MiB, enough to fill a small reconnect
+	// buffer.
+	outageBurst = 48
+	// goroutineSlack is how many more goroutines than before the cluster
+	// started RunOutage tolerates once every node has shut down.
+	goroutineSlack = 1
+)
+
+// RunOutage runs an outage of the engine under a cluster of two nodes, for
+// brokers that depend on one. newCluster is RunCluster's; engine runs the
+// engine the brokers connect to. In order:
+//
+//   - Delivery works between the nodes.
+//   - The engine is killed. Every node that implements
+//     broker.HealthReporter reports Connected false.
+//   - Publish, and Subscribe on a broker.Subscriber, return within their
+//     context: Publish buffers or returns an error, never blocks. A
+//     message whose Publish failed never arrives; buffered ones arrive at
+//     most once, in order.
+//   - The engine is started again. Health reports Connected true and a
+//     reconnect.
+//   - Subscriptions are back without any call to Subscribe: messages that
+//     each node publishes on its channel after the outage reach every node
+//     in order, without gaps, from the first that arrives.
+//   - Shutdown succeeds on every node, and afterwards the process has no
+//     more goroutines than before the cluster started (within
+//     goroutineSlack): nothing leaked across the outage.
+//
+// RunOutage counts the process's goroutines: the test that calls it must
+// not run in parallel with others (no t.Parallel).
+func RunOutage(t *testing.T, newCluster func(t *testing.T, n int) []broker.Broker, engine Engine) {
+	t.Helper()
+	goroutinesBefore := runtime.NumGoroutine()
+	bs, rs := startCluster(t, newCluster, 2)
+	p := prefix(t)
+	chans := []string{p + "node:0", p + "node:1"} // channel i is published by node i
+	during, late := p+"during", p+"late"
+	subscribeAll(t, bs, chans[0], chans[1], during)
+
+	sent := make([][]*broker.Message, len(bs)) // per channel
+	publishOn := func(i int) error {
+		m := msg(chans[i], uint64(len(sent[i])+1))
+		if err := publishE(t.Context(), bs[i], m); err != nil {
+			return fmt.Errorf("node %d: %w", i, err)
+		}
+		sent[i] = append(sent[i], m)
+		return nil
+	}
+	for i := range bs {
+		for range 3 {
+			if err := publishOn(i); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for j, r := range rs {
+		for i, ch := range chans {
+			waitExactly(t, node(j), r, ch, sent[i])
+		}
+	}
+	pre := []int{len(sent[0]), len(sent[1])} // per channel, what every node has before the outage
+
+	// The engine goes down.
+	engine.Kill()
+	eachHealth(t, bs, func(i int, h broker.Health) error {
+		if h.Connected {
+			return fmt.Errorf("%sHealth().Connected is still true after the engine was killed", node(i))
+		}
+		return nil
+	})
+
+	var buffered []*broker.Message
+	var refused int
+	var lastErr error
+	for off := uint64(1); off <= outageBurst; off++ {
+		m := msg(during, off)
+		m.Data = []byte(`"` + strings.Repeat("x", 32<<10) + `"`)
+		err := callWithin(t, "node 1: Publish while the engine is down", func(ctx context.Context) error {
+			return bs[1].Publish(ctx, m)
+		})
+		switch {
+		case err == nil:
+			buffered = append(buffered, m)
+		case errors.Is(err, broker.ErrClosed):
+			t.Fatalf("node 1: Publish while the engine is down: %v; the broker was not shut down", err)
+		default:
+			refused++
+			lastErr = err
+		}
+	}
+	t.Logf("while the engine was down, %d Publish calls buffered, %d failed (last error: %v)", len(buffered), refused, lastErr)
+	var lateErr error
+	if s, ok := bs[0].(broker.Subscriber); ok {
+		lateErr = callWithin(t, "node 0: Subscribe while the engine is down", func(ctx context.Context) error {
+			return s.Subscribe(ctx, late)
+		})
+		t.Logf("node 0: Subscribe while the engine was down: %v", lateErr)
+	}
+
+	// The engine comes back.
+	engine.Start()
+	eachHealth(t, bs, func(i int, h broker.Health) error {
+		switch {
+		case !h.Connected:
+			return fmt.Errorf("%sHealth().Connected is still false after the engine came back (Err %q)", node(i), h.Err)
+		case h.Reconnects == 0:
+			return fmt.Errorf("%sHealth().Reconnects is 0 after the engine came back", node(i))
+		}
+		return nil
+	})
+	if lateErr != nil {
+		subscribe(t, node(0), bs[0], late) // failed during the outage: the hub would try again
+	}
+
+	// The subscriptions are back. Each node publishes on its channel until
+	// every node has received one message published after the outage,
+	// then more: from there on nothing may be lost.
+	const afterFirst = 20
+	for i := range bs {
+		eventually(t, func() error {
+			if err := publishOn(i); err != nil {
+				return err // refused while it reconnects: try again
+			}
+			for j, r := range rs {
+				if len(r.received(chans[i])) <= pre[i] {
+					return fmt.Errorf("%shas received no message of %s published since the engine came back", node(j), chans[i])
+				}
+			}
+			return nil
+		})
+		for range afterFirst {
+			if err := publishOn(i); err != nil {
+				t.Fatalf("after the outage: %v", err)
+			}
+		}
+	}
+	for j, r := range rs {
+		for i, ch := range chans {
+			last := sent[i][len(sent[i])-1].Offset
+			eventually(t, func() error {
+				if got := r.received(ch); len(got) == 0 || got[len(got)-1].Offset < last {
+					return fmt.Errorf("%s%s: the last message (offset %d) has not arrived (received offsets %s)", node(j), ch, last, offsets(got))
+				}
+				return nil
+			})
+			checkResumed(t, node(j), r.received(ch), ch, sent[i], pre[i], afterFirst+1)
+		}
+		checkSubsequence(t, node(j), r.received(during), during, buffered)
+	}
+	if _, ok := bs[0].(broker.Subscriber); ok {
+		m := msg(late, 1)
+		publish(t, bs[1], m)
+		waitExactly(t, node(0), rs[0], late, []*broker.Message{m})
+	}
+	for j, r := range rs {
+		r.checkNoOverlap(t, node(j))
+	}
+
+	// Shutdown still works, and leaves no goroutine behind.
+	for i, b := range bs {
+		sd, ok := b.(broker.Shutdowner)
+		if !ok {
+			return // goroutines cannot be expected to end
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		err := callShutdown(t, sd, ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("%sShutdown after the outage: %v", node(i), err)
+		}
+		if err := b.Publish(t.Context(), msg(chans[i], 1<<20)); !errors.Is(err, broker.ErrClosed) {
+			t.Errorf("%sPublish after Shutdown: %v, want broker.ErrClosed", node(i), err)
+		}
+	}
+	checkGoroutines(t, goroutinesBefore)
+}
+
+// eachHealth waits until ok accepts the Health of every node that is a
+// broker.HealthReporter.
+func eachHealth(t *testing.T, bs []broker.Broker, ok func(i int, h broker.Health) error) {
+	t.Helper()
+	for i, b := range bs {
+		hr, isHR := b.(broker.HealthReporter)
+		if !isHR {
+			continue
+		}
+		eventually(t, func() error { return ok(i, hr.Health()) })
+		t.Logf("%sHealth: %+v", node(i), hr.Health())
+	}
+}
+
+// callWithin calls fn with a context that ends after outageCallTimeout and
+// fails the test if fn has not returned shutdownGrace after that.
+func callWithin(t *testing.T, what string, fn func(context.Context) error) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), outageCallTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(outageCallTimeout + shutdownGrace):
+		t.Fatalf("%s: still blocked %v after its context ended", what, shutdownGrace)
+		return nil
+	}
+}
+
+// checkResumed checks that got is the first pre messages of sent, then an
+// unbroken run of at least minRun later ones ending with the last, in
+// order, intact: what a node receives when it misses some messages while
+// reconnecting and none after.
+func checkResumed(t *testing.T, node string, got []*broker.Message, ch string, sent []*broker.Message, pre, minRun int) {
+	t.Helper()
+	if len(got) < pre {
+		t.Errorf("%s%s: received %d messages, fewer than the %d before the outage", node, ch, len(got), pre)
+		return
+	}
+	checkExactly(t, node, got[:pre], ch, sent[:pre])
+	run := got[pre:]
+	k := len(sent) - len(run)
+	if k < pre || len(run) < minRun {
+		t.Errorf("%s%s: after the outage received offsets %s, want an unbroken run of at least %d ending with offset %d",
+			node, ch, offsets(run), minRun, sent[len(sent)-1].Offset)
+		return
+	}
+	checkExactly(t, node, run, ch, sent[k:])
+}
+
+// checkSubsequence checks that got holds some of want, in order, each at
+// most once, intact, and nothing else.
+func checkSubsequence(t *testing.T, node string, got []*broker.Message, ch string, want []*broker.Message) {
+	t.Helper()
+	i := 0
+	for _, g := range got {
+		for i < len(want) && want[i].Offset != g.Offset {
+			i++
+		}
+		if i == len(want) {
+			t.Errorf("%s%s: received offsets %s; want some of %s, in order, each at most once (a message whose Publish failed must never arrive)",
+				node, ch, offsets(got), offsets(want))
+			return
+		}
+		if d := diff(g, want[i]); d != "" {
+			t.Errorf("%s%s: message with offset %d: %s", node, ch, g.Offset, d)
+			return
+		}
+		i++
+	}
+}
+
+// checkGoroutines waits until the process has at most goroutineSlack more
+// goroutines than before, and otherwise fails the test with a dump.
+func checkGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	wait := time.Millisecond
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before+goroutineSlack {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("%d goroutines %v after every node shut down, %d before the cluster started: leaked across the outage?\n%s",
+				n, waitTimeout, before, buf)
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 50*time.Millisecond)
 	}
 }

@@ -68,6 +68,7 @@ func usage(w io.Writer) {
 
 Usage:
   herald serve [--listen ADDR] [--config FILE] [--data-dir DIR] [--pipelines A,B]
+                           [--broker URL] [--history STORE] [--node-id ID]
                            --pipelines: run only these pipelines (stages in separate processes)
   herald bench [flags]     load test a running server (herald bench -h)
   herald dlq list|replay|drop PIPELINE ...
@@ -80,7 +81,7 @@ Usage:
 // serveUsage prints the serve flags (from fs, when given) and every
 // setting's environment variable.
 func serveUsage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintln(w, "Usage: herald serve [--listen ADDR] [--config FILE] [--data-dir DIR] [--pipelines A,B]")
+	fmt.Fprintln(w, "Usage: herald serve [--listen ADDR] [--config FILE] [--data-dir DIR] [--pipelines A,B] [--broker URL] [--history STORE] [--node-id ID]")
 	fmt.Fprintln(w, "\nPrecedence: defaults < YAML file < environment < flags.")
 	if fs == nil {
 		fs = flag.NewFlagSet("serve", flag.ContinueOnError)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/history/jshistory"
 	"github.com/heraldhq/herald/hub"
@@ -54,6 +55,35 @@ func TestConformance(t *testing.T) {
 			hs[i] = open(t, ns)
 		}
 		return hs
+	})
+}
+
+// TestLossConformance: the history is lost when its stream and epochs
+// bucket are deleted (by an operator, or a JetStream that comes back
+// without its store). The handles of a running History then fail, so
+// Herald recovers by restarting, and its new History creates both again.
+func TestLossConformance(t *testing.T) {
+	historytest.RunLoss(t, func(t *testing.T) (hub.History, func() hub.History) {
+		ns := embedded(t)
+		return open(t, ns), func() hub.History {
+			nc, err := jetstream.ConnectEmbedded(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			js, err := natsjs.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The names jshistory.New gives them with the default prefix.
+			if err := js.DeleteStream(t.Context(), "herald_history"); err != nil {
+				t.Fatal(err)
+			}
+			if err := js.DeleteKeyValue(t.Context(), "herald_epochs"); err != nil {
+				t.Fatal(err)
+			}
+			return open(t, ns)
+		}
 	})
 }
 

@@ -14,6 +14,18 @@
 //		})
 //	}
 //
+// A store that can lose what it holds while Herald keeps running (Redis
+// restarted without persistence, flushed, or evicting its keys) or that
+// Herald finds empty when it restarts (the memory store; a JetStream
+// stream deleted) also calls RunLoss:
+//
+//	func TestLossConformance(t *testing.T) {
+//		historytest.RunLoss(t, func(t *testing.T) (hub.History, func() hub.History) {
+//			h, wipe := newTestStoreAndEngine(t)
+//			return h, func() hub.History { wipe(); return h }
+//		})
+//	}
+//
 // Every case uses channels whose names are unique to the run, so stores
 // kept between cases (one Redis for a whole test binary) are fine.
 package historytest
@@ -89,6 +101,34 @@ func RunShared(t *testing.T, newHistories func(t *testing.T, n int) []hub.Histor
 				t.Fatalf("factory returned %d stores, want %d", len(hs), sharedNodes)
 			}
 			c.fn(t, hs)
+		})
+	}
+}
+
+// RunLoss runs the cases for a store whose engine loses everything it
+// held: after the loss every channel starts a new epoch, so that a cursor
+// from before gets a gap and is never matched against reused offsets.
+//
+// newHistory returns a ready store, with its clean-up registered, and
+// lose, which makes the engine lose everything the store holds the way it
+// would in production, and returns the store to use afterwards: h itself
+// when the store is meant to carry on through the loss (a Redis client
+// reconnects to a Redis that came back empty), or a new store when Herald
+// only recovers by building one (a restarted node's fresh memory store;
+// the JetStream store, whose New creates the stream again). Every case
+// calls newHistory and lose once.
+func RunLoss(t *testing.T, newHistory func(t *testing.T) (h hub.History, lose func() hub.History)) {
+	t.Helper()
+	cases := []struct {
+		name string
+		fn   func(*testing.T, hub.History, func() hub.History)
+	}{
+		{"LostHistoryStartsNewEpochs", testLossStartsNewEpochs},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h, lose := newHistory(t)
+			c.fn(t, h, lose)
 		})
 	}
 }
@@ -618,4 +658,95 @@ func testConcurrentAppendsOneChannel(t *testing.T, hs []hub.History) {
 	for _, h := range hs {
 		checkChannelHolds(t, h, ch, all)
 	}
+}
+
+// ---- loss cases ----
+
+// testLossStartsNewEpochs: after the engine loses everything, each of
+// Head, Since and Append — whichever comes first for a channel — starts a
+// new epoch at offset 0, the others use it, and positions from before the
+// loss get a gap. Offset 1 of the new epoch is not offset 1 of the old.
+func testLossStartsNewEpochs(t *testing.T, h hub.History, lose func() hub.History) {
+	var (
+		byHead   = channel(t, "loss-head")   // messages; Head first after the loss
+		byAppend = channel(t, "loss-append") // messages; Append first
+		bySince  = channel(t, "loss-since")  // messages; Since first
+		empty    = channel(t, "loss-empty")  // an epoch, no messages
+	)
+	before := map[string][]*hub.Message{
+		byHead:   appendN(t, h, byHead, 3, opts),
+		byAppend: appendN(t, h, byAppend, 2, opts),
+		bySince:  appendN(t, h, bySince, 2, opts),
+	}
+	emptyHead := head(t, h, empty, opts)
+	old := func(ch string) hub.Position { // the last position before the loss
+		if ms := before[ch]; len(ms) > 0 {
+			return pos(ms[0].Epoch, uint64(len(ms)))
+		}
+		return emptyHead
+	}
+	// newEpoch checks that p starts an epoch other than ch's before the loss.
+	newEpoch := func(ch string, p hub.Position, what string) {
+		t.Helper()
+		checkEpoch(t, ch, p.Epoch)
+		if p.Epoch == old(ch).Epoch {
+			t.Fatalf("%s: %s after the loss uses the epoch from before it, %q: old cursors would match new offsets", ch, what, p.Epoch)
+		}
+	}
+
+	h = lose()
+
+	// Head first: a new epoch at 0 that stays put and that Append uses.
+	hd := head(t, h, byHead, opts)
+	newEpoch(byHead, hd, "Head")
+	if hd.Offset != 0 {
+		t.Fatalf("%s: Head after the loss = %v, want offset 0", byHead, hd)
+	}
+	if again := head(t, h, byHead, opts); again != hd {
+		t.Fatalf("%s: second Head after the loss = %v, want %v", byHead, again, hd)
+	}
+	checkSince(t, h, byHead, old(byHead), opts, nil, hd, true)
+	checkSince(t, h, byHead, pos(old(byHead).Epoch, 0), opts, nil, hd, true)
+	ms := appendN(t, h, byHead, 1, opts)
+	if ms[0].Epoch != hd.Epoch || ms[0].Offset != 1 {
+		t.Fatalf("%s: Append after the loss got %s:%d, want %s:1", byHead, ms[0].Epoch, ms[0].Offset, hd.Epoch)
+	}
+	now := pos(hd.Epoch, 1)
+	// The old offset 1 names another message than the new one.
+	checkSince(t, h, byHead, pos(old(byHead).Epoch, 1), opts, ms, now, true)
+	checkSince(t, h, byHead, old(byHead), opts, ms, now, true)
+	checkSince(t, h, byHead, hd, opts, ms, now, false)
+
+	// Append first: offset 1 of a new epoch, which Head then reports.
+	ms = appendN(t, h, byAppend, 1, opts)
+	newEpoch(byAppend, pos(ms[0].Epoch, ms[0].Offset), "Append")
+	if ms[0].Offset != 1 {
+		t.Fatalf("%s: first Append after the loss got offset %d, want 1", byAppend, ms[0].Offset)
+	}
+	now = pos(ms[0].Epoch, 1)
+	if got := head(t, h, byAppend, opts); got != now {
+		t.Fatalf("%s: Head = %v, want %v", byAppend, got, now)
+	}
+	checkSince(t, h, byAppend, old(byAppend), opts, ms, now, true)
+
+	// Since first: a gap, nothing retained, and a new epoch at 0 that
+	// Append then uses.
+	_, hd, gap := since(t, h, bySince, old(bySince), opts)
+	newEpoch(bySince, hd, "Since")
+	if hd.Offset != 0 || !gap {
+		t.Fatalf("%s: Since(%v) after the loss: head %v, gap %v; want offset 0 and a gap", bySince, old(bySince), hd, gap)
+	}
+	checkSince(t, h, bySince, old(bySince), opts, nil, hd, true)
+	ms = appendN(t, h, bySince, 1, opts)
+	if ms[0].Epoch != hd.Epoch || ms[0].Offset != 1 {
+		t.Fatalf("%s: Append after Since got %s:%d, want %s:1", bySince, ms[0].Epoch, ms[0].Offset, hd.Epoch)
+	}
+
+	// A channel that had an epoch but no messages gets a new one too.
+	hd = head(t, h, empty, opts)
+	newEpoch(empty, hd, "Head")
+	if hd.Offset != 0 {
+		t.Fatalf("%s: Head after the loss = %v, want offset 0", empty, hd)
+	}
+	checkSince(t, h, empty, emptyHead, opts, nil, hd, true)
 }

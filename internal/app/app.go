@@ -65,6 +65,7 @@ type App struct {
 	hub     *hub.Hub
 	engine  *engine.Engine
 	events  *pipelines
+	cluster *clusterParts
 	ws      *ws.Handler
 	handler http.Handler
 
@@ -114,12 +115,32 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 			return nil, fmt.Errorf("app: opening the channel history: %w", err)
 		}
 	}
+	cl, err := openCluster(cfg, log)
+	if err != nil {
+		_ = ev.close()
+		return nil, fmt.Errorf("app: connecting the broker (%s): %w", cfg.BrokerKind(), err)
+	}
+	a.cluster = cl
+	if cl.broker != nil {
+		hcfg.Broker = cl.broker
+	}
+	if cl.history != nil {
+		hcfg.History = cl.history
+	}
 	h, err := hub.New(hcfg)
 	if err != nil {
 		_ = ev.close()
+		_ = cl.close()
 		return nil, fmt.Errorf("app: starting the hub: %w", err)
 	}
 	a.hub = h
+	if err := cl.serve(h); err != nil {
+		_ = h.Shutdown(context.Background())
+		_ = ev.close()
+		_ = cl.close()
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	log.Info("herald node", "node", h.NodeID(), "broker", h.BrokerHealth().Engine, "history", cfg.History)
 
 	eng, err := engine.New(engine.Config{
 		Heartbeat:    min(cfg.SSE.Heartbeat, cfg.WS.Heartbeat, cfg.Iframe.Heartbeat),
@@ -130,6 +151,8 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 	if err != nil {
 		_ = h.Shutdown(context.Background())
 		_ = ev.close()
+		a.cluster.stopServing()
+		_ = cl.close()
 		return nil, fmt.Errorf("app: starting the connection engine: %w", err)
 	}
 	a.engine = eng
@@ -138,6 +161,8 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		_ = eng.Shutdown(context.Background())
 		_ = h.Shutdown(context.Background())
 		_ = ev.close()
+		a.cluster.stopServing()
+		_ = cl.close()
 		return nil, fmt.Errorf("app: starting the event pipelines: %w", err)
 	}
 	a.events = ev
@@ -305,8 +330,12 @@ func (a *App) shutdown(ctx context.Context) error {
 	if err := a.events.stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("pipelines: %w", err))
 	}
+	a.cluster.stopServing()
 	if err := a.hub.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("hub: %w", err))
+	}
+	if err := a.cluster.close(); err != nil {
+		errs = append(errs, fmt.Errorf("history: %w", err))
 	}
 	if err := a.ws.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("websocket: %w", err))

@@ -62,14 +62,7 @@ func connectNATS(cfg config.Config, log *slog.Logger) (p *pipelines, err error) 
 
 // history returns the JetStream channel history on p's connection.
 func (p *pipelines) history(ctx context.Context, cfg config.Config) (*jshistory.History, error) {
-	maxSize, maxTTL := cfg.DefaultNamespace.HistorySize, cfg.DefaultNamespace.HistoryTTL
-	for _, n := range cfg.Namespaces {
-		maxSize, maxTTL = max(maxSize, n.HistorySize), max(maxTTL, n.HistoryTTL)
-	}
-	return jshistory.New(ctx, p.nc, jshistory.Config{
-		MaxPerChannel: int64(max(maxSize, 1)),
-		MaxAge:        max(maxTTL, time.Hour) + time.Hour, // past the longest TTL, so heads survive it
-	})
+	return jshistory.New(ctx, p.nc, historyLimits(cfg))
 }
 
 // openQueue opens the queue on p's connection and builds every pipeline

@@ -67,11 +67,25 @@ type Config struct {
 	// wheel); "goroutines" gives each connection a reader and a writer
 	// goroutine. epoll falls back to goroutines where it is unavailable.
 	Engine string `yaml:"engine"`
-	// History is where channel history lives: "memory" (the default; lost
-	// when the process ends, which clients see as a gap) or "jetstream"
-	// (the event queue's NATS JetStream, embedded or queue.url: survives
-	// restarts, so a client resumes without loss after a crash).
+	// Broker carries published messages between Herald nodes: "memory"
+	// (the default: one node), a NATS URL ("nats://host:4222", several
+	// servers comma-separated) or a Redis URL ("redis://host:6379"; add
+	// "?sharded=true" for sharded pub/sub, "?cluster=true&addr=host2:6379…"
+	// for a Redis Cluster; see broker/redis). Every node of a cluster names the same engine. The
+	// flag is --broker.
+	Broker string `yaml:"broker"`
+	// History is where channel history lives: "memory" (lost when the
+	// process ends, which clients see as a gap; each node has its own),
+	// "jetstream" (the event queue's NATS JetStream, embedded or
+	// queue.url: survives restarts, so a client resumes without loss
+	// after a crash), "nats" (JetStream on the broker's NATS) or "redis"
+	// (Redis Streams on the broker's Redis). Zero follows the broker:
+	// memory, nats or redis. A cluster needs nats or redis, so that a
+	// cursor from one node works on every node. The flag is --history.
 	History string `yaml:"history"`
+	// NodeID names this node in the cluster view of /v1/status. Zero
+	// means the host name and a random suffix. The flag is --node-id.
+	NodeID string `yaml:"node_id"`
 	// IdempotencyWindow is how long a publish idempotency key is
 	// remembered. Zero means 5m.
 	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
@@ -294,6 +308,7 @@ const (
 	DefaultLogFormat                = "text"
 	DefaultEngine                   = "epoll"
 	DefaultHistory                  = "memory"
+	DefaultBroker                   = "memory"
 	DefaultShutdownTimeout          = 10 * time.Second
 	DefaultWriteTimeout             = 10 * time.Second
 	DefaultIdempotencyWindow        = 5 * time.Minute
@@ -319,7 +334,16 @@ func (c Config) Defaults() Config {
 	setDefault(&c.LogLevel, DefaultLogLevel)
 	setDefault(&c.LogFormat, DefaultLogFormat)
 	setDefault(&c.Engine, DefaultEngine)
-	setDefault(&c.History, DefaultHistory)
+	setDefault(&c.Broker, DefaultBroker)
+	if c.History == "" {
+		// History follows the broker.
+		switch c.BrokerKind() {
+		case "nats", "redis":
+			c.History = c.BrokerKind()
+		default:
+			c.History = DefaultHistory
+		}
+	}
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.IdempotencyWindow, DefaultIdempotencyWindow)
@@ -399,8 +423,16 @@ func (c Config) Validate() error {
 	if !slices.Contains([]string{"text", "json"}, c.LogFormat) {
 		bad("log_format", "%q is not text or json", c.LogFormat)
 	}
-	if !slices.Contains([]string{"memory", "jetstream"}, c.History) {
-		bad("history", "%q is not memory or jetstream", c.History)
+	switch kind := c.BrokerKind(); {
+	case kind == "":
+		bad("broker", "%q is not memory, a nats:// URL or a redis:// URL", c.Broker)
+	case c.History == "nats" && kind != "nats":
+		bad("history", "nats needs a NATS broker (--broker nats://…)")
+	case c.History == "redis" && kind != "redis":
+		bad("history", "redis needs a Redis broker (--broker redis://…)")
+	}
+	if !slices.Contains([]string{"memory", "jetstream", "nats", "redis"}, c.History) {
+		bad("history", "%q is not memory, jetstream, nats or redis", c.History)
 	}
 	if !slices.Contains([]string{"epoll", "goroutines"}, c.Engine) {
 		bad("engine", "%q is not epoll or goroutines", c.Engine)
@@ -599,8 +631,24 @@ func (c Config) HubConfig(log *slog.Logger) hub.Config {
 		MaxMessageBytes:       c.Limits.MaxMessageBytes,
 		MaxChannelsPerPublish: c.Limits.MaxChannelsPerPublish,
 		IdempotencyWindow:     c.IdempotencyWindow,
+		NodeID:                c.NodeID,
 		Logger:                log,
 	}
+}
+
+// BrokerKind returns "memory", "nats" or "redis" according to Broker, or
+// "" when Broker is none of them.
+func (c Config) BrokerKind() string {
+	b := c.Broker
+	switch {
+	case b == "" || b == "memory":
+		return "memory"
+	case strings.HasPrefix(b, "nats://"), strings.HasPrefix(b, "tls://"):
+		return "nats"
+	case strings.HasPrefix(b, "redis://"), strings.HasPrefix(b, "rediss://"):
+		return "redis"
+	}
+	return ""
 }
 
 func (n NamespaceConfig) hub() hub.NamespaceConfig {

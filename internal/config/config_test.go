@@ -26,7 +26,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Listen: "127.0.0.1:8080", DataDir: "./data", LogLevel: "info", LogFormat: "text", Engine: "epoll", History: "memory",
+		Listen: "127.0.0.1:8080", DataDir: "./data", LogLevel: "info", LogFormat: "text", Engine: "epoll", History: "memory", Broker: "memory",
 		ShutdownTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdempotencyWindow: 5 * time.Minute,
 		SSE:    SSEConfig{Heartbeat: 25 * time.Second, Retry: 2 * time.Second},
 		WS:     WSConfig{Heartbeat: 25 * time.Second, MaxMessageBytes: 16384},
@@ -244,6 +244,11 @@ func TestValidate(t *testing.T) {
 			c.Namespaces = map[string]NamespaceConfig{"a:b": {}, "bad name": {}, "ok": {MaxSubscribers: -1}}
 		}, []string{`namespaces.a:b`, `namespaces.bad name`, "namespaces.ok.max_subscribers"}},
 		{"origins", func(c *Config) { c.WS.AllowedOrigins = []string{""} }, []string{"ws.allowed_origins"}},
+		{"nats broker", func(c *Config) { c.Broker = "nats://127.0.0.1:4222"; c.History = "nats" }, nil},
+		{"redis broker, memory history", func(c *Config) { c.Broker = "redis://127.0.0.1:6379"; c.History = "memory" }, nil},
+		{"unknown broker", func(c *Config) { c.Broker = "kafka://x" }, []string{"broker", "kafka://x"}},
+		{"history on another engine", func(c *Config) { c.Broker = "redis://127.0.0.1:6379"; c.History = "nats" }, []string{"history", "NATS broker"}},
+		{"unknown history", func(c *Config) { c.History = "disk" }, []string{"history", "disk"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -346,5 +351,28 @@ pipelines:
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}
+	}
+}
+
+// TestHistoryFollowsBroker: with no history setting, history lives in the
+// broker's engine, so a cluster resumes on any node out of the box.
+func TestHistoryFollowsBroker(t *testing.T) {
+	for broker, want := range map[string]string{
+		"":                                "memory",
+		"memory":                          "memory",
+		"nats://127.0.0.1:4222":           "nats",
+		"redis://127.0.0.1:6379/0":        "redis",
+		"redis://10.0.0.1:1?cluster=true": "redis",
+	} {
+		c := Config{Broker: broker}.Defaults()
+		if c.History != want {
+			t.Errorf("broker %q: history %q, want %q", broker, c.History, want)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("broker %q: %v", broker, err)
+		}
+	}
+	if c := (Config{Broker: "nats://x:1", History: "memory"}).Defaults(); c.History != "memory" {
+		t.Errorf("an explicit history was overridden: %q", c.History)
 	}
 }

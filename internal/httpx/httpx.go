@@ -31,6 +31,7 @@ const (
 	CodeTooManyConnections   = "too_many_connections"
 	CodeChannelFull          = "channel_full"
 	CodeShuttingDown         = "shutting_down"
+	CodeUnavailable          = "engine_unavailable"
 	CodeInternal             = "internal"
 )
 
@@ -78,6 +79,8 @@ func HubStatus(err error) (int, string) {
 		return http.StatusServiceUnavailable, CodeChannelFull
 	case errors.Is(err, hub.ErrShuttingDown), errors.Is(err, hub.ErrSessionClosed):
 		return http.StatusServiceUnavailable, CodeShuttingDown
+	case errors.Is(err, hub.ErrUnavailable):
+		return http.StatusServiceUnavailable, CodeUnavailable
 	}
 	return http.StatusInternalServerError, CodeInternal
 }

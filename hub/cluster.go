@@ -1,0 +1,558 @@
+package hub
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald/broker"
+)
+
+// This file is the hub's side of a networked broker (NATS, Redis): which
+// channels this node asks the broker for, the order of each channel's
+// messages as they come back, and the cluster view.
+//
+// Interest. With a broker.Subscriber, a channel is subscribed at the broker
+// when it gets its first subscriber on this node and unsubscribed when the
+// last one leaves, so a node receives only the traffic its clients want.
+//
+// Sequencing. When history is shared (not the in-memory store), offsets are
+// assigned by the shared store and agree across nodes, but two nodes
+// publishing to one channel can reach a third in either order, and a broker
+// that lost its connection loses what was published meanwhile. So every
+// channel a node receives goes through a small sequencer: messages are
+// handed to the local fan-out strictly in offset order; a message that
+// arrives ahead of a missing one waits, and after fillDelay the missing
+// ones are read from the shared history. What history no longer holds is
+// skipped, and sessions tell their clients with the gap signal. After the
+// broker reconnects, every channel is checked against history the same way.
+
+const (
+	// fillDelay is how long a message that arrived ahead of a missing one
+	// waits for it before history is asked. Reordering between nodes is
+	// well under a millisecond on one network.
+	fillDelay = 20 * time.Millisecond
+	// maxPending bounds the messages a channel holds back while waiting;
+	// past it, the fill is not waited for.
+	maxPending = 1024
+	// fillWorkers read missing messages from history, a few at a time.
+	fillWorkers = 4
+	// fillTimeout bounds one history read of a fill.
+	fillTimeout = 5 * time.Second
+	// nodesChannel carries the nodes' heartbeats. '$' is not valid in
+	// channel names, so no client can subscribe to or publish on it.
+	nodesChannel = "$nodes"
+	// watchInterval is how often the broker's health is checked for a
+	// reconnection.
+	watchInterval = 250 * time.Millisecond
+)
+
+// remoteChan is one channel this node is subscribed to at the broker.
+type remoteChan struct {
+	name string
+	refs int // sessions holding it; guarded by the stripe's op lock
+
+	mu      sync.Mutex // held while fanning out, so that fan-out is in order
+	epoch   string     // position handed to the fan-out; guarded by mu
+	last    uint64     // guarded by mu
+	primed  bool       // epoch and last are known; guarded by mu
+	pending []*Message // arrived ahead of a missing message, by offset; guarded by mu
+	filling bool       // a fill is queued or running; guarded by mu
+	gone    bool       // released; guarded by mu
+}
+
+type remoteStripe struct {
+	op    sync.Mutex   // serialises broker Subscribe/Unsubscribe per channel
+	mu    sync.RWMutex // guards chans; never held across a network call
+	chans map[string]*remoteChan
+}
+
+// remote holds the channels subscribed at a networked broker.
+type remote struct {
+	h         *Hub
+	sub       broker.Subscriber // nil: the broker delivers every channel
+	sequenced bool              // history is shared: order by offset, fill holes
+	seed      maphash.Seed
+	stripes   [64]remoteStripe
+	fills     chan *remoteChan
+}
+
+func newRemote(h *Hub) *remote {
+	r := &remote{h: h, seed: maphash.MakeSeed(), fills: make(chan *remoteChan, 4096)}
+	r.sub, _ = h.broker.(broker.Subscriber)
+	_, memHistory := h.history.(*MemoryHistory)
+	r.sequenced = !memHistory
+	for i := range r.stripes {
+		r.stripes[i].chans = make(map[string]*remoteChan)
+	}
+	return r
+}
+
+func (r *remote) stripe(ch string) *remoteStripe {
+	return &r.stripes[maphash.String(r.seed, ch)%uint64(len(r.stripes))]
+}
+
+// acquire takes a reference on ch for a session about to subscribe,
+// subscribing at the broker and learning the channel's position in history
+// if this is the node's first subscriber. Errors wrap ErrUnavailable.
+func (r *remote) acquire(ctx context.Context, ch string) error {
+	st := r.stripe(ch)
+	st.op.Lock()
+	defer st.op.Unlock()
+	st.mu.RLock()
+	rc := st.chans[ch]
+	st.mu.RUnlock()
+	if rc != nil {
+		rc.refs++
+		return nil
+	}
+	rc = &remoteChan{name: ch, refs: 1}
+	// Registered before the broker subscription, so that messages that
+	// arrive in between are held (not primed yet) rather than dropped.
+	st.mu.Lock()
+	st.chans[ch] = rc
+	st.mu.Unlock()
+	fail := func(err error) error {
+		st.mu.Lock()
+		delete(st.chans, ch)
+		st.mu.Unlock()
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if r.sub != nil {
+		if err := r.sub.Subscribe(ctx, ch); err != nil {
+			return fail(err)
+		}
+	}
+	if !r.sequenced {
+		rc.mu.Lock()
+		rc.primed = true
+		for _, m := range rc.pending {
+			r.h.index.fanout(m)
+		}
+		rc.pending = nil
+		rc.mu.Unlock()
+		return nil
+	}
+	head, err := r.h.history.Head(ctx, ch, r.h.namespace(ch).historyOptions())
+	if err != nil {
+		if r.sub != nil {
+			_ = r.sub.Unsubscribe(context.WithoutCancel(ctx), ch)
+		}
+		return fail(err)
+	}
+	rc.mu.Lock()
+	rc.epoch, rc.last, rc.primed = head.Epoch, head.Offset, true
+	r.advanceLocked(rc)
+	rc.mu.Unlock()
+	return nil
+}
+
+// release drops a session's reference on ch, unsubscribing at the broker
+// when it was the last.
+func (r *remote) release(ch string) {
+	st := r.stripe(ch)
+	st.op.Lock()
+	defer st.op.Unlock()
+	st.mu.RLock()
+	rc := st.chans[ch]
+	st.mu.RUnlock()
+	if rc == nil {
+		return
+	}
+	if rc.refs--; rc.refs > 0 {
+		return
+	}
+	st.mu.Lock()
+	delete(st.chans, ch)
+	st.mu.Unlock()
+	rc.mu.Lock()
+	rc.gone, rc.pending = true, nil
+	rc.mu.Unlock()
+	if r.sub != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+		defer cancel()
+		if err := r.sub.Unsubscribe(ctx, ch); err != nil {
+			r.h.log.Warn("hub: broker unsubscribe failed", "channel", ch, "err", err)
+		}
+	}
+}
+
+// lookup returns the subscribed channel ch, or nil.
+func (r *remote) lookup(ch string) *remoteChan {
+	st := r.stripe(ch)
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.chans[ch]
+}
+
+// all returns every subscribed channel.
+func (r *remote) all() []*remoteChan {
+	var out []*remoteChan
+	for i := range r.stripes {
+		st := &r.stripes[i]
+		st.mu.RLock()
+		for _, rc := range st.chans {
+			out = append(out, rc)
+		}
+		st.mu.RUnlock()
+	}
+	return out
+}
+
+// receive takes a message from the broker.
+func (r *remote) receive(m *Message) {
+	rc := r.lookup(m.Channel)
+	if rc == nil {
+		return // unsubscribed meanwhile, or another node's channel
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.gone {
+		return
+	}
+	if !r.sequenced {
+		if rc.primed {
+			r.h.index.fanout(m)
+		} else if len(rc.pending) < maxPending {
+			rc.pending = append(rc.pending, m)
+		}
+		return
+	}
+	if !rc.primed {
+		rc.hold(m)
+		return
+	}
+	switch {
+	case m.Epoch == rc.epoch && m.Offset <= rc.last:
+		// Already handed on (a replay of history, or a broker redelivery).
+	case m.Epoch == rc.epoch && m.Offset == rc.last+1 && len(rc.pending) == 0:
+		rc.last = m.Offset
+		r.h.index.fanout(m)
+	case m.Epoch != rc.epoch && m.Offset == 1 && len(rc.pending) == 0:
+		// The first message of a new epoch: history was lost. Sessions
+		// see the epoch change and send the gap signal.
+		rc.epoch, rc.last = m.Epoch, 1
+		r.h.index.fanout(m)
+	default:
+		rc.hold(m)
+		r.advanceLocked(rc)
+	}
+}
+
+// hold keeps m, which arrived ahead of a missing message, in offset order.
+func (rc *remoteChan) hold(m *Message) {
+	i, found := slices.BinarySearchFunc(rc.pending, m, func(a, b *Message) int {
+		if a.Epoch != b.Epoch {
+			return 1 // other epochs go last
+		}
+		return cmp.Compare(a.Offset, b.Offset)
+	})
+	if found {
+		return
+	}
+	rc.pending = slices.Insert(rc.pending, i, m)
+}
+
+// advanceLocked hands on the held messages that are next in order and, if
+// a hole remains, queues a fill (or, past maxPending, skips the hole).
+// rc.mu must be held.
+func (r *remote) advanceLocked(rc *remoteChan) {
+	n := 0
+	for _, m := range rc.pending {
+		if m.Epoch == rc.epoch && m.Offset <= rc.last {
+			n++
+			continue
+		}
+		if m.Epoch != rc.epoch || m.Offset != rc.last+1 {
+			break
+		}
+		rc.last = m.Offset
+		r.h.index.fanout(m)
+		n++
+	}
+	rc.pending = rc.pending[n:]
+	if len(rc.pending) == 0 {
+		rc.pending = nil
+		return
+	}
+	if len(rc.pending) > maxPending {
+		r.h.log.Warn("hub: gave up waiting for missing messages", "channel", rc.name, "from", rc.last+1)
+		rc.flushLocked(r.h)
+		return
+	}
+	r.queueFill(rc)
+}
+
+// queueFill asks a fill worker to read rc's missing messages from history.
+// rc.mu must be held.
+func (r *remote) queueFill(rc *remoteChan) {
+	if rc.filling {
+		return
+	}
+	select {
+	case r.fills <- rc:
+		rc.filling = true
+	default:
+		// Every worker is busy and the queue is full: the next message
+		// of the channel asks again.
+	}
+}
+
+// flushLocked hands on every held message in order, skipping holes (which
+// sessions report as gaps). rc.mu must be held.
+func (rc *remoteChan) flushLocked(h *Hub) {
+	for _, m := range rc.pending {
+		if m.Epoch == rc.epoch && m.Offset <= rc.last {
+			continue
+		}
+		rc.epoch, rc.last = m.Epoch, m.Offset
+		h.index.fanout(m)
+	}
+	rc.pending = nil
+}
+
+// fillLoop is a fill worker, owned by the hub.
+func (r *remote) fillLoop() {
+	for {
+		select {
+		case <-r.h.done:
+			return
+		case rc := <-r.fills:
+			// Give a message that is merely late the time to arrive.
+			t := time.NewTimer(fillDelay)
+			select {
+			case <-r.h.done:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			r.fill(rc)
+		}
+	}
+}
+
+// fill reads from history what rc is missing and hands it on in order.
+func (r *remote) fill(rc *remoteChan) {
+	rc.mu.Lock()
+	if rc.gone || !rc.primed {
+		rc.filling = false
+		rc.mu.Unlock()
+		return
+	}
+	pos := Position{Epoch: rc.epoch, Offset: rc.last}
+	rc.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+	msgs, head, gap, err := r.h.history.Since(ctx, rc.name, pos, r.h.namespace(rc.name).historyOptions())
+	cancel()
+
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.filling = false
+	if rc.gone {
+		return
+	}
+	if err != nil {
+		// History is unreachable: hand on what arrived, holes and all.
+		r.h.log.Warn("hub: reading missing messages from history failed", "channel", rc.name, "err", err)
+		rc.flushLocked(r.h)
+		return
+	}
+	if gap && head.Epoch != rc.epoch {
+		rc.epoch, rc.last = head.Epoch, 0
+	}
+	for _, m := range msgs {
+		if m.Epoch == rc.epoch && m.Offset > rc.last {
+			rc.last = m.Offset
+			r.h.index.fanout(m)
+		}
+	}
+	// What history does not hold any more is lost: skip it.
+	rc.pending = slices.DeleteFunc(rc.pending, func(m *Message) bool { return m.Epoch != rc.epoch })
+	rc.flushLocked(r.h)
+}
+
+// resync checks every subscribed channel against history, after the broker
+// reconnected: what was published meanwhile is handed on.
+func (r *remote) resync() {
+	if !r.sequenced {
+		return
+	}
+	for _, rc := range r.all() {
+		rc.mu.Lock()
+		if rc.primed && !rc.gone {
+			r.queueFill(rc)
+		}
+		rc.mu.Unlock()
+	}
+}
+
+// ---- cluster view ----
+
+// NodeInfo is one node of the cluster as last heard from.
+type NodeInfo struct {
+	ID          string        `json:"id"`
+	Self        bool          `json:"self,omitempty"`
+	Connections int           `json:"connections"`
+	Subscribers int           `json:"subscribers"`
+	Broker      broker.Health `json:"broker"`
+	Started     time.Time     `json:"started"`
+	LastSeen    time.Time     `json:"last_seen"`
+}
+
+// nodeBeat is the heartbeat a node publishes on nodesChannel.
+type nodeBeat struct {
+	ID          string        `json:"id"`
+	Connections int           `json:"connections"`
+	Subscribers int           `json:"subscribers"`
+	Broker      broker.Health `json:"broker"`
+	Started     time.Time     `json:"started"`
+}
+
+// cluster tracks the nodes heard from.
+type cluster struct {
+	mu    sync.Mutex
+	nodes map[string]NodeInfo // guarded by mu
+}
+
+func (c *cluster) seen(b nodeBeat, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nodes[b.ID] = NodeInfo{ID: b.ID, Connections: b.Connections, Subscribers: b.Subscribers,
+		Broker: b.Broker, Started: b.Started, LastSeen: now}
+}
+
+// list returns the nodes heard from within maxAge, and forgets the others.
+func (c *cluster) list(now time.Time, maxAge time.Duration) []NodeInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]NodeInfo, 0, len(c.nodes))
+	for id, n := range c.nodes {
+		if now.Sub(n.LastSeen) > maxAge {
+			delete(c.nodes, id)
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// BrokerHealth returns the broker's health. The in-process broker is always
+// connected.
+func (h *Hub) BrokerHealth() broker.Health {
+	if hr, ok := h.broker.(broker.HealthReporter); ok {
+		return hr.Health()
+	}
+	return broker.Health{Connected: true, Engine: "memory"}
+}
+
+// NodeID returns this node's id.
+func (h *Hub) NodeID() string { return h.cfg.NodeID }
+
+// Nodes returns the nodes of the cluster heard from recently, this one
+// first, then by id. With the in-process broker it is this node alone.
+func (h *Hub) Nodes() []NodeInfo {
+	st := h.Stats()
+	self := NodeInfo{ID: h.cfg.NodeID, Self: true, Connections: st.Connections, Subscribers: st.Subscribers,
+		Broker: h.BrokerHealth(), Started: h.started, LastSeen: time.Now()}
+	out := []NodeInfo{self}
+	if h.remote == nil {
+		return out
+	}
+	for _, n := range h.nodes.list(time.Now(), 3*h.cfg.NodeHeartbeat) {
+		if n.ID != h.cfg.NodeID {
+			out = append(out, n)
+		}
+	}
+	slices.SortFunc(out[1:], func(a, b NodeInfo) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// receiveBeat records another node's heartbeat.
+func (h *Hub) receiveBeat(m *broker.Message) {
+	var b nodeBeat
+	if err := json.Unmarshal(m.Data, &b); err != nil || b.ID == "" {
+		return
+	}
+	h.nodes.seen(b, time.Now())
+}
+
+// watchLoop, with a networked broker, publishes this node's heartbeat,
+// keeps the heartbeat channel subscribed, and resyncs every channel after
+// the broker reconnects.
+func (h *Hub) watchLoop() {
+	t := time.NewTicker(min(h.cfg.NodeHeartbeat, watchInterval))
+	defer t.Stop()
+	hr, _ := h.broker.(broker.HealthReporter)
+	var reconnects uint64
+	if hr != nil {
+		reconnects = hr.Health().Reconnects
+	}
+	subscribed := false
+	var lastBeat time.Time
+	for {
+		if !subscribed {
+			subscribed = h.subscribeBeats()
+		}
+		if hr != nil {
+			// A new connection, however short the outage was: what was
+			// published meanwhile never reached this node.
+			if hl := hr.Health(); hl.Connected && hl.Reconnects != reconnects {
+				reconnects = hl.Reconnects
+				h.log.Info("hub: broker reconnected; checking channels against history")
+				h.remote.resync()
+			}
+		}
+		if time.Since(lastBeat) >= h.cfg.NodeHeartbeat {
+			h.beat()
+			lastBeat = time.Now()
+		}
+		select {
+		case <-h.done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (h *Hub) subscribeBeats() bool {
+	if h.remote.sub == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+	defer cancel()
+	if err := h.remote.sub.Subscribe(ctx, nodesChannel); err != nil {
+		h.log.Warn("hub: subscribing to the nodes' heartbeats failed; retrying", "err", err)
+		return false
+	}
+	return true
+}
+
+func (h *Hub) beat() {
+	st := h.Stats()
+	data, err := json.Marshal(nodeBeat{ID: h.cfg.NodeID, Connections: st.Connections, Subscribers: st.Subscribers,
+		Broker: h.BrokerHealth(), Started: h.started})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.NodeHeartbeat)
+	defer cancel()
+	err = h.broker.Publish(ctx, &broker.Message{Channel: nodesChannel, Type: "node", Data: data, Time: time.Now()})
+	if err != nil && !errors.Is(err, broker.ErrClosed) {
+		h.log.Debug("hub: heartbeat not published", "err", err)
+	}
+}
