@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,9 +35,12 @@ type clusterParts struct {
 	history hub.History // nil: the hub's default or the queue's JetStream
 	close   func() error
 
-	natsURL string // set with a NATS broker: serve's publish subject
-	ingest  *nats.Conn
-	log     *slog.Logger
+	natsURL  string // set with a NATS broker: serve's publish subject
+	redisURL string // set with a Redis broker: serve's publish stream
+	ingest   *nats.Conn
+	stop     context.CancelFunc // stops the publish stream's reader
+	stopped  chan struct{}      // closed when the reader has returned
+	log      *slog.Logger
 }
 
 // PublishSubject is the NATS subject on which other services publish
@@ -45,8 +49,25 @@ type clusterParts struct {
 // node of the queue group "herald" handles each request.
 const PublishSubject = "herald.publish"
 
+// PublishStream is the Redis stream from which other services publish
+// without HTTP: each entry's field "publish" holds a POST /v1/publish
+// body. The nodes read it as the consumer group "herald"; an entry is
+// acknowledged once published, or once refused as invalid (logged).
+const PublishStream = "herald:publish"
+
+// Reading the publish stream.
+const (
+	publishGroup     = "herald"
+	publishBatch     = 100
+	publishBlock     = time.Second
+	publishClaimIdle = 30 * time.Second // an entry a node took and never acknowledged goes to another after this
+)
+
 // serve starts taking publishes from the engine, once the hub runs.
 func (p *clusterParts) serve(h *hub.Hub) error {
+	if p.redisURL != "" {
+		return p.serveRedis(h)
+	}
 	if p.natsURL == "" {
 		return nil
 	}
@@ -79,10 +100,102 @@ func (p *clusterParts) serve(h *hub.Hub) error {
 	return nil
 }
 
+// serveRedis starts the reader of PublishStream.
+func (p *clusterParts) serveRedis(h *hub.Hub) error {
+	rdb, err := redisClient(p.redisURL)
+	if err != nil {
+		return fmt.Errorf("publish stream: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop, p.stopped = cancel, make(chan struct{})
+	go func() {
+		defer close(p.stopped)
+		defer rdb.Close()
+		p.readPublishStream(ctx, rdb, h)
+	}()
+	return nil
+}
+
+// readPublishStream publishes the entries of PublishStream until ctx ends:
+// first those another node took and never acknowledged, then new ones.
+func (p *clusterParts) readPublishStream(ctx context.Context, rdb goredis.UniversalClient, h *hub.Hub) {
+	consumer := h.NodeID()
+	wait := func(d time.Duration) bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(d):
+			return true
+		}
+	}
+	ready := false
+	for ctx.Err() == nil {
+		if !ready {
+			err := rdb.XGroupCreateMkStream(ctx, PublishStream, publishGroup, "0").Err()
+			if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+				if ctx.Err() == nil {
+					p.log.Warn("publish stream: cannot create the consumer group; retrying", "err", err)
+				}
+				wait(time.Second)
+				continue
+			}
+			ready = true
+		}
+		claimed, _, err := rdb.XAutoClaim(ctx, &goredis.XAutoClaimArgs{Stream: PublishStream, Group: publishGroup,
+			Consumer: consumer, MinIdle: publishClaimIdle, Start: "0-0", Count: publishBatch}).Result()
+		if err == nil {
+			p.publishEntries(ctx, rdb, h, claimed)
+		}
+		streams, err := rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: publishGroup, Consumer: consumer,
+			Streams: []string{PublishStream, ">"}, Count: publishBatch, Block: publishBlock}).Result()
+		switch {
+		case errors.Is(err, goredis.Nil):
+		case err != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			if strings.HasPrefix(err.Error(), "NOGROUP") {
+				ready = false // the stream was deleted
+			}
+			wait(time.Second)
+		default:
+			for _, st := range streams {
+				p.publishEntries(ctx, rdb, h, st.Messages)
+			}
+		}
+	}
+}
+
+// publishEntries publishes entries in order, acknowledging each one that
+// was published or refused for good; one that failed for a while (503)
+// stays pending and is taken again after publishClaimIdle.
+func (p *clusterParts) publishEntries(ctx context.Context, rdb goredis.UniversalClient, h *hub.Hub, entries []goredis.XMessage) {
+	for _, e := range entries {
+		body, _ := e.Values["publish"].(string)
+		pctx, cancel := context.WithTimeout(ctx, engineTimeout)
+		status, answer := api.PublishBody(pctx, h, []byte(body))
+		cancel()
+		if status >= 500 {
+			p.log.Warn("publish stream: entry not published; it will be retried", "id", e.ID, "status", status, "answer", string(answer))
+			continue
+		}
+		if status != http.StatusOK {
+			p.log.Warn("publish stream: entry refused", "id", e.ID, "status", status, "answer", string(answer))
+		}
+		if err := rdb.XAck(ctx, PublishStream, publishGroup, e.ID).Err(); err != nil && ctx.Err() == nil {
+			p.log.Warn("publish stream: acknowledging failed", "id", e.ID, "err", err)
+		}
+	}
+}
+
 // stopServing stops taking publishes from the engine, before the hub stops.
 func (p *clusterParts) stopServing() {
 	if p.ingest != nil {
 		_ = p.ingest.Drain()
+	}
+	if p.stop != nil {
+		p.stop()
+		<-p.stopped
 	}
 }
 
@@ -119,7 +232,7 @@ func openCluster(cfg config.Config, log *slog.Logger) (*clusterParts, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.broker = b
+		p.broker, p.redisURL = b, cfg.Broker
 		if cfg.History == "redis" {
 			rdb, err := redisClient(cfg.Broker)
 			if err != nil {

@@ -7,10 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/heraldhq/herald/client"
 	"github.com/heraldhq/herald/internal/testutil"
@@ -31,15 +35,101 @@ type clusterEngine interface {
 
 func TestClusterOnNATS(t *testing.T) {
 	srv := testutil.NATS(t)
-	runClusterTests(t, srv.URL(), srv)
+	nodes := runClusterTests(t, srv.URL(), srv)
+	t.Run("PublishOnTheNATSSubject", func(t *testing.T) { testPublishSubject(t, srv.URL(), nodes) })
+}
+
+// testPublishSubject: a service publishes with a NATS request on
+// herald.publish, no HTTP; one node answers, every node's subscribers get
+// the message; a bad body gets the API's error.
+func testPublishSubject(t *testing.T, natsURL string, nodes []*herald) {
+	ch := "thread:nats-subject"
+	var fs []*follower
+	for _, n := range nodes[:2] { // node 2 was killed
+		fs = append(fs, follow(t, n.url, ch, ""))
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for i := range 10 {
+		reply, err := nc.Request(PublishSubject, fmt.Appendf(nil, `{"channel":%q,"type":"note","data":{"i":%d}}`, ch, i), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := reply.Header.Get("Status"); st != "200" || !strings.Contains(string(reply.Data), `"offset":`) {
+			t.Fatalf("reply %s %s", st, reply.Data)
+		}
+	}
+	for i, f := range fs {
+		if err := checkRun(f.waitFor(t, 10, 10*time.Second), 10); err != nil {
+			t.Errorf("node %d: %v", i, err)
+		}
+	}
+	reply, err := nc.Request(PublishSubject, []byte(`{"channel":"bad channel!"}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := reply.Header.Get("Status"); st != "400" || !strings.Contains(string(reply.Data), `"code":"invalid_channel"`) {
+		t.Errorf("a bad publish got %s %s, want 400 invalid_channel", st, reply.Data)
+	}
 }
 
 func TestClusterOnRedis(t *testing.T) {
 	srv := testutil.StartRedis(t)
-	runClusterTests(t, "redis://"+srv.Addr(), srv)
+	nodes := runClusterTests(t, "redis://"+srv.Addr(), srv)
+	t.Run("PublishOnTheRedisStream", func(t *testing.T) { testPublishStream(t, srv.Addr(), nodes) })
 }
 
-func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine) {
+// testPublishStream: a service publishes by adding entries to the Redis
+// stream herald:publish, no HTTP; the nodes share the entries, every
+// node's subscribers get each message once; an invalid entry is refused
+// and acknowledged, not retried for ever.
+func testPublishStream(t *testing.T, addr string, nodes []*herald) {
+	ch := "thread:redis-stream"
+	var fs []*follower
+	for _, n := range nodes[:2] { // node 2 was killed
+		fs = append(fs, follow(t, n.url, ch, ""))
+	}
+	rdb := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer rdb.Close()
+	add := func(body string) {
+		t.Helper()
+		if err := rdb.XAdd(t.Context(), &goredis.XAddArgs{Stream: PublishStream, Values: []string{"publish", body}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(`{"channel":"bad channel!"}`)
+	for i := range 20 {
+		add(fmt.Sprintf(`{"channel":%q,"type":"note","data":{"i":%d},"idempotency_key":"rs-%d"}`, ch, i, i))
+	}
+	for i, f := range fs {
+		evs := f.waitFor(t, 20, 10*time.Second)
+		if err := checkRun(evs, 20); err != nil {
+			t.Errorf("node %d: %v", i, err)
+		}
+		seen := map[string]bool{}
+		for _, ev := range evs {
+			seen[string(ev.Data)] = true
+		}
+		if len(seen) != 20 {
+			t.Errorf("node %d: %d distinct messages of 20", i, len(seen))
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		p, err := rdb.XPending(t.Context(), PublishStream, "herald").Result()
+		if err != nil {
+			return err
+		}
+		if p.Count != 0 {
+			return fmt.Errorf("%d entries still pending", p.Count)
+		}
+		return nil
+	})
+}
+
+func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine) []*herald {
 	var nodes []*herald
 	for i := range 3 {
 		nodes = append(nodes, startHerald(t, []string{"HERALD_BROKER=" + brokerURL, fmt.Sprintf("HERALD_NODE_ID=n%d", i)},
@@ -56,6 +146,7 @@ func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine) {
 	t.Run("ResumeOnAnotherNode", func(t *testing.T) { testResumeOnAnotherNode(t, nodes) })
 	t.Run("EngineRestartMidStream", func(t *testing.T) { testEngineRestart(t, nodes, eng) })
 	t.Run("NodeKilledMidStream", func(t *testing.T) { testNodeKill(t, nodes) })
+	return nodes
 }
 
 // follower is a subscriber that records what it receives, in order, and

@@ -103,6 +103,8 @@ func startHerald(t *testing.T, env []string, args ...string) *herald {
 	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
 	cmd.Dir = t.TempDir()
+	// Killed with the test binary should it die without its clean-ups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	pr, pw := io.Pipe()
 	h := &herald{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = io.MultiWriter(pw, h.stderr)

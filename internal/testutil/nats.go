@@ -140,6 +140,9 @@ func (s *NATSServer) start() error {
 		"-n", "testutil-"+strconv.Itoa(s.port),
 	)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
+	// Killed with the test binary should it die without its clean-ups
+	// (a -timeout panic), like the other servers the helpers start.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("testutil: starting nats-server: %w", err)
 	}
