@@ -20,10 +20,12 @@ import (
 //
 // Interest. With a broker.Subscriber, a channel is subscribed at the broker
 // when it gets its first subscriber on this node and unsubscribed when the
-// last one leaves, so a node receives only the traffic its clients want.
+// last one leaves (by a worker: sessions close on the engine's goroutines,
+// which must not wait on the network), so a node receives only the traffic
+// its clients want.
 //
-// Sequencing. When history is shared (not the in-memory store), offsets are
-// assigned by the shared store and agree across nodes, but two nodes
+// Sequencing. The nodes share one history store, which assigns offsets, so
+// offsets agree across nodes; but two nodes
 // publishing to one channel can reach a third in either order, and a broker
 // that lost its connection loses what was published meanwhile. So every
 // channel a node receives goes through a small sequencer: messages are
@@ -43,8 +45,16 @@ const (
 	maxPending = 1024
 	// fillWorkers read missing messages from history, a few at a time.
 	fillWorkers = 4
-	// fillTimeout bounds one history read of a fill.
+	// fillTimeout bounds one history read of a fill; fillRetry is the
+	// pause before another after it failed.
 	fillTimeout = 5 * time.Second
+	fillRetry   = time.Second
+	// fillRetries bounds the fills in a row that may fail before what
+	// arrived is handed on, holes and all.
+	fillRetries = 10
+	// brokerCallTimeout bounds a broker Unsubscribe, and a subscription
+	// to the heartbeats.
+	brokerCallTimeout = 5 * time.Second
 	// nodesChannel carries the nodes' heartbeats. '$' is not valid in
 	// channel names, so no client can subscribe to or publish on it.
 	nodesChannel = "$nodes"
@@ -54,6 +64,10 @@ const (
 )
 
 // remoteChan is one channel this node is subscribed to at the broker.
+//
+// Lock order: the stripe's op lock → remoteChan.mu → index shard →
+// Session.mu; remoteStripe.mu and remote.work.mu are leaves. Nothing that
+// holds an index shard or a Session.mu takes remoteChan.mu.
 type remoteChan struct {
 	name string
 	refs int // sessions holding it; guarded by the stripe's op lock
@@ -62,32 +76,46 @@ type remoteChan struct {
 	epoch   string     // position handed to the fan-out; guarded by mu
 	last    uint64     // guarded by mu
 	primed  bool       // epoch and last are known; guarded by mu
-	pending []*Message // arrived ahead of a missing message, by offset; guarded by mu
+	pending []*Message // arrived ahead of a missing message; guarded by mu
 	filling bool       // a fill is queued or running; guarded by mu
-	gone    bool       // released; guarded by mu
+	again   bool       // another fill was asked for while filling; guarded by mu
+	retries int        // fills in a row that failed; guarded by mu
+	gone    bool       // unsubscribed; guarded by mu
+
+	// Guarded by remote.work.mu.
+	fillQueued  bool
+	fillDue     time.Time
+	unsubQueued bool
 }
 
 type remoteStripe struct {
-	op    sync.Mutex   // serialises broker Subscribe/Unsubscribe per channel
+	op    sync.Mutex   // serialises subscribing and unsubscribing per channel; held across broker calls
 	mu    sync.RWMutex // guards chans; never held across a network call
 	chans map[string]*remoteChan
 }
 
 // remote holds the channels subscribed at a networked broker.
 type remote struct {
-	h         *Hub
-	sub       broker.Subscriber // nil: the broker delivers every channel
-	sequenced bool              // history is shared: order by offset, fill holes
-	seed      maphash.Seed
-	stripes   [64]remoteStripe
-	fills     chan *remoteChan
+	h       *Hub
+	sub     broker.Subscriber // nil: the broker delivers every channel
+	seed    maphash.Seed
+	stripes [64]remoteStripe
+
+	// work is what the fill and unsubscribe workers have to do. Each
+	// channel is queued at most once per kind, so the queues are bounded
+	// by the number of channels subscribed.
+	work struct {
+		mu     sync.Mutex
+		fills  []*remoteChan
+		unsubs []*remoteChan
+	}
+	fillWake  chan struct{} // capacity 1
+	unsubWake chan struct{} // capacity 1
 }
 
 func newRemote(h *Hub) *remote {
-	r := &remote{h: h, seed: maphash.MakeSeed(), fills: make(chan *remoteChan, 4096)}
+	r := &remote{h: h, seed: maphash.MakeSeed(), fillWake: make(chan struct{}, 1), unsubWake: make(chan struct{}, 1)}
 	r.sub, _ = h.broker.(broker.Subscriber)
-	_, memHistory := h.history.(*MemoryHistory)
-	r.sequenced = !memHistory
 	for i := range r.stripes {
 		r.stripes[i].chans = make(map[string]*remoteChan)
 	}
@@ -109,6 +137,8 @@ func (r *remote) acquire(ctx context.Context, ch string) error {
 	rc := st.chans[ch]
 	st.mu.RUnlock()
 	if rc != nil {
+		// Still subscribed at the broker, even if its last session left
+		// and the unsubscribe is queued: the worker sees the reference.
 		rc.refs++
 		return nil
 	}
@@ -122,6 +152,12 @@ func (r *remote) acquire(ctx context.Context, ch string) error {
 		st.mu.Lock()
 		delete(st.chans, ch)
 		st.mu.Unlock()
+		rc.mu.Lock()
+		rc.gone, rc.pending = true, nil
+		rc.mu.Unlock()
+		if errors.Is(err, broker.ErrClosed) {
+			return ErrShuttingDown
+		}
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if r.sub != nil {
@@ -129,20 +165,12 @@ func (r *remote) acquire(ctx context.Context, ch string) error {
 			return fail(err)
 		}
 	}
-	if !r.sequenced {
-		rc.mu.Lock()
-		rc.primed = true
-		for _, m := range rc.pending {
-			r.h.index.fanout(m)
-		}
-		rc.pending = nil
-		rc.mu.Unlock()
-		return nil
-	}
 	head, err := r.h.history.Head(ctx, ch, r.h.namespace(ch).historyOptions())
 	if err != nil {
 		if r.sub != nil {
-			_ = r.sub.Unsubscribe(context.WithoutCancel(ctx), ch)
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), brokerCallTimeout)
+			_ = r.sub.Unsubscribe(uctx, ch)
+			cancel()
 		}
 		return fail(err)
 	}
@@ -153,8 +181,9 @@ func (r *remote) acquire(ctx context.Context, ch string) error {
 	return nil
 }
 
-// release drops a session's reference on ch, unsubscribing at the broker
-// when it was the last.
+// release drops a session's reference on ch. The last one queues the
+// broker unsubscribe for a worker: a session closes on the engine's poller
+// or timer goroutine, which must never wait on the network.
 func (r *remote) release(ch string) {
 	st := r.stripe(ch)
 	st.op.Lock()
@@ -168,17 +197,58 @@ func (r *remote) release(ch string) {
 	if rc.refs--; rc.refs > 0 {
 		return
 	}
+	r.work.mu.Lock()
+	queued := rc.unsubQueued
+	if !queued {
+		rc.unsubQueued = true
+		r.work.unsubs = append(r.work.unsubs, rc)
+	}
+	r.work.mu.Unlock()
+	if !queued {
+		wake(r.unsubWake)
+	}
+}
+
+// unsubscribeLoop is the unsubscribe worker, owned by the hub.
+func (r *remote) unsubscribeLoop() {
+	for {
+		r.work.mu.Lock()
+		rc := popLocked(&r.work.unsubs)
+		if rc != nil {
+			rc.unsubQueued = false
+		}
+		r.work.mu.Unlock()
+		if rc == nil {
+			if !r.idle(r.unsubWake) {
+				return
+			}
+			continue
+		}
+		r.unsubscribe(rc)
+	}
+}
+
+// unsubscribe drops rc at the broker unless a session took it again.
+func (r *remote) unsubscribe(rc *remoteChan) {
+	st := r.stripe(rc.name)
+	st.op.Lock()
+	defer st.op.Unlock()
+	if rc.refs > 0 {
+		return // taken again meanwhile: still wanted, still subscribed
+	}
 	st.mu.Lock()
-	delete(st.chans, ch)
+	if st.chans[rc.name] == rc {
+		delete(st.chans, rc.name)
+	}
 	st.mu.Unlock()
 	rc.mu.Lock()
 	rc.gone, rc.pending = true, nil
 	rc.mu.Unlock()
 	if r.sub != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), brokerCallTimeout)
 		defer cancel()
-		if err := r.sub.Unsubscribe(ctx, ch); err != nil {
-			r.h.log.Warn("hub: broker unsubscribe failed", "channel", ch, "err", err)
+		if err := r.sub.Unsubscribe(ctx, rc.name); err != nil {
+			r.h.log.Warn("hub: broker unsubscribe failed", "channel", rc.name, "err", err)
 		}
 	}
 }
@@ -205,30 +275,21 @@ func (r *remote) all() []*remoteChan {
 	return out
 }
 
-// receive takes a message from the broker.
+// receive takes a message from the broker. It never blocks on the network.
 func (r *remote) receive(m *Message) {
 	rc := r.lookup(m.Channel)
 	if rc == nil {
-		return // unsubscribed meanwhile, or another node's channel
+		return // unsubscribed meanwhile
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	if rc.gone {
-		return
-	}
-	if !r.sequenced {
-		if rc.primed {
-			r.h.index.fanout(m)
-		} else if len(rc.pending) < maxPending {
-			rc.pending = append(rc.pending, m)
-		}
-		return
-	}
-	if !rc.primed {
-		rc.hold(m)
-		return
-	}
 	switch {
+	case rc.gone:
+	case !rc.primed:
+		// The channel's position is being read: hold (bounded).
+		if len(rc.pending) < maxPending {
+			rc.hold(m)
+		}
 	case m.Epoch == rc.epoch && m.Offset <= rc.last:
 		// Already handed on (a replay of history, or a broker redelivery).
 	case m.Epoch == rc.epoch && m.Offset == rc.last+1 && len(rc.pending) == 0:
@@ -245,13 +306,26 @@ func (r *remote) receive(m *Message) {
 	}
 }
 
-// hold keeps m, which arrived ahead of a missing message, in offset order.
+// hold keeps m, which arrived ahead of a missing message: messages of the
+// channel's current epoch by offset, then those of other epochs.
+// rc.mu must be held.
 func (rc *remoteChan) hold(m *Message) {
-	i, found := slices.BinarySearchFunc(rc.pending, m, func(a, b *Message) int {
-		if a.Epoch != b.Epoch {
-			return 1 // other epochs go last
+	key := func(x *Message) (int, uint64) {
+		if x.Epoch == rc.epoch {
+			return 0, x.Offset
 		}
-		return cmp.Compare(a.Offset, b.Offset)
+		return 1, x.Offset
+	}
+	i, found := slices.BinarySearchFunc(rc.pending, m, func(a, b *Message) int {
+		ea, oa := key(a)
+		eb, ob := key(b)
+		if c := cmp.Compare(ea, eb); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(oa, ob); c != 0 || a.Epoch == b.Epoch {
+			return c
+		}
+		return cmp.Compare(a.Epoch, b.Epoch)
 	})
 	if found {
 		return
@@ -283,57 +357,102 @@ func (r *remote) advanceLocked(rc *remoteChan) {
 	}
 	if len(rc.pending) > maxPending {
 		r.h.log.Warn("hub: gave up waiting for missing messages", "channel", rc.name, "from", rc.last+1)
-		rc.flushLocked(r.h)
+		rc.skipLocked(r.h)
 		return
 	}
-	r.queueFill(rc)
+	r.queueFill(rc, fillDelay)
 }
 
-// queueFill asks a fill worker to read rc's missing messages from history.
+// skipLocked hands on every held message of the current epoch in order,
+// skipping holes (which sessions report as gaps), and drops the others.
 // rc.mu must be held.
-func (r *remote) queueFill(rc *remoteChan) {
-	if rc.filling {
-		return
-	}
-	select {
-	case r.fills <- rc:
-		rc.filling = true
-	default:
-		// Every worker is busy and the queue is full: the next message
-		// of the channel asks again.
-	}
-}
-
-// flushLocked hands on every held message in order, skipping holes (which
-// sessions report as gaps). rc.mu must be held.
-func (rc *remoteChan) flushLocked(h *Hub) {
+func (rc *remoteChan) skipLocked(h *Hub) {
 	for _, m := range rc.pending {
-		if m.Epoch == rc.epoch && m.Offset <= rc.last {
-			continue
+		if m.Epoch == rc.epoch && m.Offset > rc.last {
+			rc.last = m.Offset
+			h.index.fanout(m)
 		}
-		rc.epoch, rc.last = m.Epoch, m.Offset
-		h.index.fanout(m)
 	}
 	rc.pending = nil
+}
+
+// queueFill asks a fill worker to read rc's missing messages from history
+// after delay; if a fill is already under way, it runs again after.
+// rc.mu must be held.
+func (r *remote) queueFill(rc *remoteChan, delay time.Duration) {
+	if rc.filling {
+		rc.again = true
+		return
+	}
+	rc.filling = true
+	r.work.mu.Lock()
+	if !rc.fillQueued {
+		rc.fillQueued = true
+		rc.fillDue = time.Now().Add(delay)
+		r.work.fills = append(r.work.fills, rc)
+	}
+	r.work.mu.Unlock()
+	wake(r.fillWake)
+}
+
+// popLocked takes the first channel of a work queue, or nil. r.work.mu
+// must be held.
+func popLocked(q *[]*remoteChan) *remoteChan {
+	if len(*q) == 0 {
+		return nil
+	}
+	rc := (*q)[0]
+	(*q)[0] = nil
+	*q = (*q)[1:]
+	return rc
+}
+
+// idle waits for a worker's wake signal; it reports false when the hub
+// stops.
+func (r *remote) idle(wake chan struct{}) bool {
+	select {
+	case <-r.h.done:
+		return false
+	case <-wake:
+		return true
+	}
+}
+
+// wake signals a worker without blocking.
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // fillLoop is a fill worker, owned by the hub.
 func (r *remote) fillLoop() {
 	for {
-		select {
-		case <-r.h.done:
-			return
-		case rc := <-r.fills:
-			// Give a message that is merely late the time to arrive.
-			t := time.NewTimer(fillDelay)
+		r.work.mu.Lock()
+		rc := popLocked(&r.work.fills)
+		var due time.Time
+		if rc != nil {
+			rc.fillQueued, due = false, rc.fillDue
+		}
+		r.work.mu.Unlock()
+		if rc == nil {
+			if !r.idle(r.fillWake) {
+				return
+			}
+			continue
+		}
+		// Give a message that is merely late the time to arrive.
+		if d := time.Until(due); d > 0 {
+			t := time.NewTimer(d)
 			select {
 			case <-r.h.done:
 				t.Stop()
 				return
 			case <-t.C:
 			}
-			r.fill(rc)
 		}
+		r.fill(rc)
 	}
 }
 
@@ -341,11 +460,12 @@ func (r *remote) fillLoop() {
 func (r *remote) fill(rc *remoteChan) {
 	rc.mu.Lock()
 	if rc.gone || !rc.primed {
-		rc.filling = false
+		rc.filling, rc.again = false, false
 		rc.mu.Unlock()
 		return
 	}
 	pos := Position{Epoch: rc.epoch, Offset: rc.last}
+	rc.again = false
 	rc.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
@@ -359,35 +479,61 @@ func (r *remote) fill(rc *remoteChan) {
 		return
 	}
 	if err != nil {
-		// History is unreachable: hand on what arrived, holes and all.
-		r.h.log.Warn("hub: reading missing messages from history failed", "channel", rc.name, "err", err)
-		rc.flushLocked(r.h)
+		// History is unreachable (the engine restarts, say): try again
+		// a little later, holding what arrived, up to maxPending.
+		rc.again = false
+		if rc.retries++; rc.retries > fillRetries || len(rc.pending) > maxPending {
+			r.h.log.Warn("hub: reading missing messages from history failed; skipping them", "channel", rc.name, "err", err)
+			rc.retries = 0
+			rc.skipLocked(r.h)
+			return
+		}
+		r.h.log.Debug("hub: reading missing messages from history failed; retrying", "channel", rc.name, "err", err)
+		r.queueFill(rc, fillRetry)
 		return
 	}
+	rc.retries = 0
 	if gap && head.Epoch != rc.epoch {
 		rc.epoch, rc.last = head.Epoch, 0
 	}
+	// Now rc.epoch is head's. Held messages of other epochs are from
+	// before a loss of history: drop them; those left are in offset order.
+	rc.pending = slices.DeleteFunc(rc.pending, func(m *Message) bool { return m.Epoch != rc.epoch })
 	for _, m := range msgs {
-		if m.Epoch == rc.epoch && m.Offset > rc.last {
+		if m.Epoch == rc.epoch {
+			rc.hold(m)
+		}
+	}
+	// Everything up to head, in order; what neither history nor the
+	// broker brought is lost, and the sessions say so.
+	n := 0
+	for _, m := range rc.pending {
+		if m.Offset > head.Offset {
+			break
+		}
+		if m.Offset > rc.last {
 			rc.last = m.Offset
 			r.h.index.fanout(m)
 		}
+		n++
 	}
-	// What history does not hold any more is lost: skip it.
-	rc.pending = slices.DeleteFunc(rc.pending, func(m *Message) bool { return m.Epoch != rc.epoch })
-	rc.flushLocked(r.h)
+	rc.pending = rc.pending[n:]
+	rc.last = max(rc.last, head.Offset)
+	again := rc.again
+	rc.again = false
+	r.advanceLocked(rc)
+	if again && !rc.filling {
+		r.queueFill(rc, 0)
+	}
 }
 
 // resync checks every subscribed channel against history, after the broker
 // reconnected: what was published meanwhile is handed on.
 func (r *remote) resync() {
-	if !r.sequenced {
-		return
-	}
 	for _, rc := range r.all() {
 		rc.mu.Lock()
 		if rc.primed && !rc.gone {
-			r.queueFill(rc)
+			r.queueFill(rc, 0)
 		}
 		rc.mu.Unlock()
 	}
@@ -421,9 +567,23 @@ type cluster struct {
 	nodes map[string]NodeInfo // guarded by mu
 }
 
-func (c *cluster) seen(b nodeBeat, now time.Time) {
+// maxNodes bounds the nodes remembered; past it, those not heard from
+// recently are forgotten at once.
+const maxNodes = 1024
+
+func (c *cluster) seen(b nodeBeat, now time.Time, maxAge time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.nodes) >= maxNodes {
+		for id, n := range c.nodes {
+			if now.Sub(n.LastSeen) > maxAge {
+				delete(c.nodes, id)
+			}
+		}
+		if len(c.nodes) >= maxNodes {
+			return
+		}
+	}
 	c.nodes[b.ID] = NodeInfo{ID: b.ID, Connections: b.Connections, Subscribers: b.Subscribers,
 		Broker: b.Broker, Started: b.Started, LastSeen: now}
 }
@@ -488,7 +648,7 @@ func (h *Hub) receiveBeat(m *broker.Message) {
 	if err := json.Unmarshal(m.Data, &b); err != nil || b.ID == "" {
 		return
 	}
-	h.nodes.seen(b, time.Now())
+	h.nodes.seen(b, time.Now(), 3*h.cfg.NodeHeartbeat)
 }
 
 // watchLoop, with a networked broker, publishes this node's heartbeat,
@@ -533,7 +693,7 @@ func (h *Hub) subscribeBeats() bool {
 	if h.remote.sub == nil {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), brokerCallTimeout)
 	defer cancel()
 	if err := h.remote.sub.Subscribe(ctx, nodesChannel); err != nil {
 		h.log.Warn("hub: subscribing to the nodes' heartbeats failed; retrying", "err", err)

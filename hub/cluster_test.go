@@ -365,9 +365,13 @@ func TestClusterInterest(t *testing.T) {
 		t.Fatal("unsubscribed while a subscriber remains")
 	}
 	sessions[2].Close(hub.DisconnectShutdown)
-	if brokers[0].subscribed("thread:x") {
-		t.Fatal("still subscribed after the last subscriber left")
-	}
+	// A worker unsubscribes: Close never waits on the network.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if brokers[0].subscribed("thread:x") {
+			return errors.New("still subscribed after the last subscriber left")
+		}
+		return nil
+	})
 	// Subscribing again works (no "subscribed twice").
 	collect(t, hubs[0], "thread:x")
 	if !brokers[0].subscribed("thread:x") {
@@ -425,4 +429,94 @@ func TestClusterNodesView(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// pausingHistory is shared history whose first Since (a fill) reads at
+// once but returns only when the test says so, to order events around a
+// fill in flight.
+type pausingHistory struct {
+	*hub.MemoryHistory
+	once    sync.Once
+	entered chan struct{}
+	proceed chan struct{}
+	resumed sync.Once
+}
+
+// resume lets the paused Since return.
+func (p *pausingHistory) resume() { p.resumed.Do(func() { close(p.proceed) }) }
+
+func (p *pausingHistory) Since(ctx context.Context, ch string, pos hub.Position, opts hub.HistoryOptions) ([]*hub.Message, hub.Position, bool, error) {
+	msgs, head, gap, err := p.MemoryHistory.Since(ctx, ch, pos, opts)
+	p.once.Do(func() {
+		close(p.entered)
+		<-p.proceed
+	})
+	return msgs, head, gap, err
+}
+
+func pausedCluster(t *testing.T, n int) (*testNet, *pausingHistory, []*hub.Hub, []*netBroker) {
+	t.Helper()
+	tn := &testNet{}
+	hist := &pausingHistory{MemoryHistory: hub.NewMemoryHistory(), entered: make(chan struct{}), proceed: make(chan struct{})}
+	t.Cleanup(hist.resume)
+	var hubs []*hub.Hub
+	var bs []*netBroker
+	for i := range n {
+		b := tn.add()
+		hubs = append(hubs, testutil.NewHub(t, hub.Config{Broker: b, History: hist, NodeID: fmt.Sprintf("node-%d", i), NodeHeartbeat: 20 * time.Millisecond}))
+		bs = append(bs, b)
+	}
+	return tn, hist, hubs, bs
+}
+
+// TestClusterFillKeepsLaterHoles: a message that arrives out of order while
+// a fill reads history is waited for too, not skipped.
+func TestClusterFillKeepsLaterHoles(t *testing.T) {
+	tn, hist, hubs, _ := pausedCluster(t, 2)
+	ch := "thread:fill"
+	tn.setIntercept(func(to int, m *broker.Message) bool { return to != 1 || (m.Offset != 2 && m.Offset != 4) })
+	wait := collect(t, hubs[1], ch)
+	publish(t, hubs[0], `1`, ch)
+	publish(t, hubs[0], `2`, ch) // late for node 1
+	publish(t, hubs[0], `3`, ch) // node 1: hole at 2, a fill reads history (head 3)
+	<-hist.entered
+	publish(t, hubs[0], `4`, ch) // late for node 1
+	publish(t, hubs[0], `5`, ch) // node 1 holds it: 4 is missing
+	hist.resume()
+	wait(3) // the fill handed on 2 and 3, and waits for 4
+	tn.release(nil)
+	items := wait(5)
+	if o := offsets(items, ch); !slices.Equal(o, []uint64{1, 2, 3, 4, 5}) || gaps(items) != 0 {
+		t.Errorf("offsets %v, %d gap signals; want 1…5 and none (4 was in history all along)", o, gaps(items))
+	}
+}
+
+// TestClusterResyncDuringFill: a reconnection while a fill is in flight is
+// followed by another check against history.
+func TestClusterResyncDuringFill(t *testing.T) {
+	tn, hist, hubs, bs := pausedCluster(t, 2)
+	ch := "thread:resync-fill"
+	tn.setIntercept(func(to int, m *broker.Message) bool { return to != 1 || m.Offset != 2 })
+	wait := collect(t, hubs[1], ch)
+	publish(t, hubs[0], `1`, ch)
+	publish(t, hubs[0], `2`, ch) // never reaches node 1
+	publish(t, hubs[0], `3`, ch) // node 1: hole at 2, a fill reads history (head 3)
+	<-hist.entered
+	bs[1].connected.Store(false)
+	publish(t, hubs[0], `4`, ch) // node 1 misses it: disconnected
+	bs[1].reconnect()
+	// Node 1 checks for a reconnection before each heartbeat: once node 0
+	// hears one saying so, node 1 has asked for a resync.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		for _, n := range hubs[0].Nodes() {
+			if n.ID == "node-1" && n.Broker.Reconnects == 1 {
+				return nil
+			}
+		}
+		return errors.New("node 1 has not reported its reconnection yet")
+	})
+	hist.resume()
+	if o := offsets(wait(4), ch); !slices.Equal(o, []uint64{1, 2, 3, 4}) {
+		t.Errorf("offsets %v, want 1 2 3 4", o)
+	}
 }

@@ -3,6 +3,8 @@
 // knows nothing of HTTP; transports drive sessions.
 //
 // Lock order: publish stripe → history (internal) → index shard →
+// Session.mu. With a networked broker (cluster.go): a remote stripe's op
+// lock (held across broker calls) → remoteChan.mu → index shard →
 // Session.mu. Hub.connMu is never held with any other lock.
 package hub
 
@@ -48,7 +50,11 @@ func (n NamespaceConfig) historyOptions() HistoryOptions {
 type Config struct {
 	// Broker carries messages between nodes. Nil means in-process.
 	Broker broker.Broker
-	// History keeps recent messages. Nil means in-memory.
+	// History keeps recent messages. Nil means in-memory. With a
+	// networked broker, every node must use the same store (JetStream,
+	// Redis): it numbers each channel's messages for the whole cluster.
+	// Nodes with a store each would number them apart, and their
+	// subscribers would see other nodes' messages as gaps.
 	History History
 	// Default applies to channels whose namespace is not in Namespaces.
 	Default NamespaceConfig
@@ -197,6 +203,7 @@ func New(cfg Config) (*Hub, error) {
 		for range fillWorkers {
 			h.goFunc(h.remote.fillLoop)
 		}
+		h.goFunc(h.remote.unsubscribeLoop)
 		h.goFunc(h.watchLoop)
 	}
 	if mh, ok := h.history.(*MemoryHistory); ok {
@@ -396,7 +403,7 @@ func (h *Hub) leave(ch string, s *Session) {
 
 // sequenced reports whether messages reach sessions in offsets that agree
 // across nodes, so that a jump in offsets is a gap to report.
-func (h *Hub) sequenced() bool { return h.remote != nil && h.remote.sequenced }
+func (h *Hub) sequenced() bool { return h.remote != nil }
 
 // defaultNodeID is the host name and a random suffix.
 func defaultNodeID() string {

@@ -14,8 +14,10 @@ type ItemKind uint8
 const (
 	// ItemMessage carries a published message (Msg).
 	ItemMessage ItemKind = iota
-	// ItemGap says history does not reach back for Channels. It precedes
-	// the replay of those channels.
+	// ItemGap says messages of Channels were missed: history does not
+	// reach back for them. On subscribe it precedes the replay of those
+	// channels; in a cluster it may also come live, before the first
+	// message after the ones a node could not get back from history.
 	ItemGap
 	// ItemSubscribed marks the end of replay for Channels; Positions are
 	// their positions at that point. Live messages follow.
@@ -101,6 +103,10 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		}
 	}
 
+	if h.remote != nil && !h.BrokerHealth().Connected {
+		// The engine is away: answer now rather than wait for it.
+		return fmt.Errorf("%w: broker disconnected", ErrUnavailable)
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -209,6 +215,7 @@ func (s *Session) Subscribe(ctx context.Context, channels []string, cur *Cursor)
 		}
 		for _, m := range st.buf {
 			s.qbytes -= m.Size()
+			s.gapIfSkippedLocked(st, m)
 			s.pushLocked(st, m)
 		}
 		st.buf = nil
@@ -315,12 +322,7 @@ func (s *Session) deliver(m *Message) bool {
 		return !overflow
 	}
 	wasEmpty := len(s.queue) == 0
-	if s.hub.sequenced() && st.epoch != "" && (m.Epoch != st.epoch || m.Offset > st.offset+1) {
-		// The node's sequencer skipped messages that history no longer
-		// holds, or history was lost (a new epoch): say so.
-		s.queue = append(s.queue, Item{Kind: ItemGap, Channels: []string{st.channel}})
-		s.qbytes += listCost([]string{st.channel})
-	}
+	s.gapIfSkippedLocked(st, m)
 	if !s.pushLocked(st, m) {
 		s.mu.Unlock()
 		return false
@@ -334,6 +336,21 @@ func (s *Session) deliver(m *Message) bool {
 		s.wake()
 	}
 	return !overflow
+}
+
+// gapIfSkippedLocked queues a gap signal when m, about to be queued, does
+// not follow the last message queued for its channel: the node's
+// sequencer skipped messages that history no longer holds, or history was
+// lost (a new epoch). Only a cluster's offsets can jump live. s.mu must be
+// held.
+func (s *Session) gapIfSkippedLocked(st *subState, m *Message) {
+	if !s.hub.sequenced() || st.epoch == "" {
+		return
+	}
+	if m.Epoch != st.epoch || m.Offset > st.offset+1 {
+		s.queue = append(s.queue, Item{Kind: ItemGap, Channels: []string{st.channel}})
+		s.qbytes += listCost([]string{st.channel})
+	}
 }
 
 // pushLocked queues m unless the session already has it. s.mu must be held.

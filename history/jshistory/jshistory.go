@@ -11,6 +11,11 @@
 // again and retries, so offsets have no holes and no duplicates across
 // nodes.
 //
+// Loss: when the stream or the bucket is gone (a JetStream that came back
+// without its store, an operator who deleted them), the next call creates
+// both again and channels start new epochs, which readers holding old
+// cursors see as a gap.
+//
 // Retention: the namespace's size and TTL apply when reading, as with the
 // memory store; the stream physically keeps at most MaxPerChannel
 // messages per channel for at most MaxAge. A channel whose messages have
@@ -26,6 +31,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -65,13 +71,20 @@ const (
 
 // History is a hub.History on JetStream. It is safe for concurrent use.
 type History struct {
-	cfg    Config
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	epochs jetstream.KeyValue
+	cfg Config
+	js  jetstream.JetStream
+	st  atomic.Pointer[stores] // replaced when the engine lost them
+
+	recreating sync.Mutex // one re-creation at a time
 
 	mu    sync.Mutex
 	heads map[string]head // this node's view of channels' heads; a hint, checked by every append
+}
+
+// stores are the stream and the bucket the history lives in.
+type stores struct {
+	stream jetstream.Stream
+	epochs jetstream.KeyValue
 }
 
 // head is what a node knows of a channel's end.
@@ -108,7 +121,18 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*History, error) {
 		return nil, fmt.Errorf("jshistory: %w", err)
 	}
 	h := &History{cfg: cfg, js: js, heads: make(map[string]head)}
-	h.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if err := h.create(ctx); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// create creates (or updates) the stream and the bucket.
+func (h *History) create(ctx context.Context) error {
+	cfg, js := h.cfg, h.js
+	var st stores
+	var err error
+	st.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              cfg.Prefix + "_history",
 		Description:       "Herald: channel history",
 		Subjects:          []string{cfg.Prefix + ".history.>"},
@@ -122,9 +146,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*History, error) {
 		Replicas:          cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("jshistory: stream: %w", err)
+		return fmt.Errorf("jshistory: stream: %w", err)
 	}
-	h.epochs, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	st.epochs, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      cfg.Prefix + "_epochs",
 		Description: "Herald: each channel's history epoch",
 		TTL:         cfg.MaxAge,
@@ -132,9 +156,36 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*History, error) {
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("jshistory: epochs bucket: %w", err)
+		return fmt.Errorf("jshistory: epochs bucket: %w", err)
 	}
-	return h, nil
+	h.st.Store(&st)
+	return nil
+}
+
+// lost reports whether err says that the stream or the bucket is gone:
+// the engine restarted without its data, or someone deleted them.
+func lost(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// recover re-creates the stream and the bucket after err said they are
+// gone, and forgets every cached head: the channels start new epochs,
+// which subscribers see as a gap. It reports whether the caller should
+// try again.
+func (h *History) recover(ctx context.Context, err error) bool {
+	if !lost(err) {
+		return false
+	}
+	h.recreating.Lock()
+	defer h.recreating.Unlock()
+	if cerr := h.create(ctx); cerr != nil {
+		return false
+	}
+	h.mu.Lock()
+	clear(h.heads)
+	h.mu.Unlock()
+	return true
 }
 
 func (h *History) subject(ch string) string {
@@ -153,7 +204,7 @@ func newEpoch() string {
 // messages all aged out gets a new epoch: its offsets cannot continue.
 func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 	var hd head
-	last, err := h.stream.GetLastMsgForSubject(ctx, h.subject(ch))
+	last, err := h.st.Load().stream.GetLastMsgForSubject(ctx, h.subject(ch))
 	switch {
 	case err == nil:
 		hd.seq = last.Sequence
@@ -164,7 +215,7 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 		return hd, err
 	}
 	// No message: the channel is new, or its history is gone.
-	e, err := h.epochs.Get(ctx, epochKey(ch))
+	e, err := h.st.Load().epochs.Get(ctx, epochKey(ch))
 	switch {
 	case err == nil && string(e.Value()) != "":
 		epoch, used := splitEpoch(string(e.Value()))
@@ -173,13 +224,13 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 		}
 		// Messages were appended in this epoch and are gone: start another.
 		next := newEpoch()
-		if _, err := h.epochs.Update(ctx, epochKey(ch), []byte(next), e.Revision()); err != nil {
+		if _, err := h.st.Load().epochs.Update(ctx, epochKey(ch), []byte(next), e.Revision()); err != nil {
 			return h.readHead(ctx, ch) // another node did it first
 		}
 		return head{epoch: next}, nil
 	case err == nil || errors.Is(err, jetstream.ErrKeyNotFound):
 		next := newEpoch()
-		if _, err := h.epochs.Create(ctx, epochKey(ch), []byte(next)); err != nil {
+		if _, err := h.st.Load().epochs.Create(ctx, epochKey(ch), []byte(next)); err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				return h.readHead(ctx, ch)
 			}
@@ -202,14 +253,14 @@ func splitEpoch(v string) (epoch string, used bool) {
 // markUsed records in the bucket that the epoch has messages, so that
 // losing them all later starts a new epoch.
 func (h *History) markUsed(ctx context.Context, ch, epoch string) error {
-	e, err := h.epochs.Get(ctx, epochKey(ch))
+	e, err := h.st.Load().epochs.Get(ctx, epochKey(ch))
 	if err != nil {
 		return err
 	}
 	if got, used := splitEpoch(string(e.Value())); got != epoch || used {
 		return nil
 	}
-	_, err = h.epochs.Update(ctx, epochKey(ch), []byte(epoch+"+"), e.Revision())
+	_, err = h.st.Load().epochs.Update(ctx, epochKey(ch), []byte(epoch+"+"), e.Revision())
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return nil // another node marked it
 	}
@@ -235,6 +286,14 @@ func (h *History) remember(ch string, hd head) {
 // Append implements hub.History: the message gets the channel's next
 // offset, is sealed, and is stored.
 func (h *History) Append(ctx context.Context, m *hub.Message, opts hub.HistoryOptions) error {
+	err := h.append(ctx, m)
+	if err != nil && h.recover(ctx, err) {
+		err = h.append(ctx, m)
+	}
+	return err
+}
+
+func (h *History) append(ctx context.Context, m *hub.Message) error {
 	subj := h.subject(m.Channel)
 	hd, ok := h.cached(m.Channel)
 	for attempt := 0; ; attempt++ {
@@ -283,7 +342,7 @@ func (h *History) Append(ctx context.Context, m *hub.Message, opts hub.HistoryOp
 
 // duplicate gives m the position of the stored message it repeats.
 func (h *History) duplicate(ctx context.Context, m *hub.Message, seq uint64) error {
-	raw, err := h.stream.GetMsg(ctx, seq)
+	raw, err := h.st.Load().stream.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		// Trimmed since: stored and delivered long ago.
 		m.Offset = 0
@@ -301,6 +360,9 @@ func (h *History) duplicate(ctx context.Context, m *hub.Message, seq uint64) err
 // Head implements hub.History.
 func (h *History) Head(ctx context.Context, ch string, _ hub.HistoryOptions) (hub.Position, error) {
 	hd, err := h.readHead(ctx, ch)
+	if err != nil && h.recover(ctx, err) {
+		hd, err = h.readHead(ctx, ch)
+	}
 	if err != nil {
 		return hub.Position{}, fmt.Errorf("jshistory: %s: %w", ch, err)
 	}
@@ -311,6 +373,14 @@ func (h *History) Head(ctx context.Context, ch string, _ hub.HistoryOptions) (hu
 // from the oldest (at most MaxPerChannel of them), keeping those after pos
 // within the namespace's size and TTL.
 func (h *History) Since(ctx context.Context, ch string, pos hub.Position, opts hub.HistoryOptions) ([]*hub.Message, hub.Position, bool, error) {
+	msgs, head, gap, err := h.since(ctx, ch, pos, opts)
+	if err != nil && h.recover(ctx, err) {
+		msgs, head, gap, err = h.since(ctx, ch, pos, opts)
+	}
+	return msgs, head, gap, err
+}
+
+func (h *History) since(ctx context.Context, ch string, pos hub.Position, opts hub.HistoryOptions) ([]*hub.Message, hub.Position, bool, error) {
 	hd, err := h.readHead(ctx, ch)
 	if err != nil {
 		return nil, hub.Position{}, false, fmt.Errorf("jshistory: %s: %w", ch, err)
@@ -335,7 +405,7 @@ func (h *History) Since(ctx context.Context, ch string, pos hub.Position, opts h
 	var out []*hub.Message
 	subj := h.subject(ch)
 	for seq := uint64(0); seq <= hd.seq; {
-		raw, err := h.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		raw, err := h.st.Load().stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

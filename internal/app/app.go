@@ -249,12 +249,18 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 
 	// The engine accepts the connections and serves the subscribe
 	// handshakes itself; net/http gets the rest.
-	ln = a.engine.Listen(ln, engine.ListenConfig{
+	lc := engine.ListenConfig{
 		Handler:       a.handler,
 		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/iframe"},
 		HeaderTimeout: a.readHeaderTimeout,
 		Logger:        a.log,
-	})
+	}
+	if a.cfg.History != "memory" || a.cfg.BrokerKind() != "memory" {
+		// A subscribe reads history, and may subscribe at the broker,
+		// over the network: not on the accepting goroutine.
+		lc.Workers = subscribeWorkers
+	}
+	ln = a.engine.Listen(ln, lc)
 	a.events.start()
 	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version)
 	served := make(chan error, 1)

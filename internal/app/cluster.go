@@ -27,6 +27,11 @@ import (
 // engineTimeout bounds the calls made to the broker's engine at start.
 const engineTimeout = 10 * time.Second
 
+// subscribeWorkers is how many subscribe handshakes may wait on history or
+// the broker at once, on goroutines of their own (engine.ListenConfig.Workers);
+// at a millisecond each, that is tens of thousands of handshakes per second.
+const subscribeWorkers = 64
+
 // clusterParts are the broker and history of a node that shares them with
 // other nodes through NATS or Redis, and what closes the history's
 // connection once the hub is down (the hub shuts the broker down itself).
@@ -35,12 +40,13 @@ type clusterParts struct {
 	history hub.History // nil: the hub's default or the queue's JetStream
 	close   func() error
 
-	natsURL  string // set with a NATS broker: serve's publish subject
-	redisURL string // set with a Redis broker: serve's publish stream
-	ingest   *nats.Conn
-	stop     context.CancelFunc // stops the publish stream's reader
-	stopped  chan struct{}      // closed when the reader has returned
-	log      *slog.Logger
+	natsURL      string // set with a NATS broker: serve's publish subject
+	redisURL     string // set with a Redis broker: serve's publish stream
+	ingest       *nats.Conn
+	ingestClosed chan struct{}      // closed when ingest is
+	stop         context.CancelFunc // stops the publish stream's reader
+	stopped      chan struct{}      // closed when the reader has returned
+	log          *slog.Logger
 }
 
 // PublishSubject is the NATS subject on which other services publish
@@ -71,13 +77,16 @@ func (p *clusterParts) serve(h *hub.Hub) error {
 	if p.natsURL == "" {
 		return nil
 	}
+	closed := make(chan struct{})
 	nc, err := nats.Connect(p.natsURL, nats.Name("herald-publish-"+h.NodeID()), nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true), nats.ReconnectWait(time.Second), nats.ReconnectJitter(time.Second, time.Second))
+		nats.RetryOnFailedConnect(true), nats.ReconnectWait(time.Second), nats.ReconnectJitter(time.Second, time.Second),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
 		return fmt.Errorf("publish subject: %w", err)
 	}
 	// The callback runs on the subscription's goroutine, one request at a
-	// time, so one publisher's requests keep their order.
+	// time. The queue group spreads requests over the nodes: a publisher
+	// that needs order waits for each answer.
 	_, err = nc.QueueSubscribe(PublishSubject, "herald", func(m *nats.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), engineTimeout)
 		defer cancel()
@@ -96,7 +105,7 @@ func (p *clusterParts) serve(h *hub.Hub) error {
 		nc.Close()
 		return fmt.Errorf("publish subject: %w", err)
 	}
-	p.ingest = nc
+	p.ingest, p.ingestClosed = nc, closed
 	return nil
 }
 
@@ -169,29 +178,45 @@ func (p *clusterParts) readPublishStream(ctx context.Context, rdb goredis.Univer
 // publishEntries publishes entries in order, acknowledging each one that
 // was published or refused for good; one that failed for a while (503)
 // stays pending and is taken again after publishClaimIdle.
+//
+// An entry taken is finished even when stopping begins, so that it is not
+// published again by another node; the rest of the batch stays pending.
 func (p *clusterParts) publishEntries(ctx context.Context, rdb goredis.UniversalClient, h *hub.Hub, entries []goredis.XMessage) {
 	for _, e := range entries {
+		if ctx.Err() != nil {
+			return
+		}
 		body, _ := e.Values["publish"].(string)
-		pctx, cancel := context.WithTimeout(ctx, engineTimeout)
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), engineTimeout)
 		status, answer := api.PublishBody(pctx, h, []byte(body))
-		cancel()
 		if status >= 500 {
+			cancel()
+			// Later entries wait too, so that this node keeps their order.
 			p.log.Warn("publish stream: entry not published; it will be retried", "id", e.ID, "status", status, "answer", string(answer))
-			continue
+			return
 		}
 		if status != http.StatusOK {
 			p.log.Warn("publish stream: entry refused", "id", e.ID, "status", status, "answer", string(answer))
 		}
-		if err := rdb.XAck(ctx, PublishStream, publishGroup, e.ID).Err(); err != nil && ctx.Err() == nil {
+		if err := rdb.XAck(pctx, PublishStream, publishGroup, e.ID).Err(); err != nil {
 			p.log.Warn("publish stream: acknowledging failed", "id", e.ID, "err", err)
 		}
+		cancel()
 	}
 }
 
 // stopServing stops taking publishes from the engine, before the hub stops.
 func (p *clusterParts) stopServing() {
 	if p.ingest != nil {
-		_ = p.ingest.Drain()
+		// Requests in hand finish; then the connection closes.
+		if err := p.ingest.Drain(); err != nil {
+			p.ingest.Close()
+		}
+		select {
+		case <-p.ingestClosed:
+		case <-time.After(engineTimeout):
+			p.ingest.Close()
+		}
 	}
 	if p.stop != nil {
 		p.stop()

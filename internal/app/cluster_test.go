@@ -35,7 +35,7 @@ type clusterEngine interface {
 
 func TestClusterOnNATS(t *testing.T) {
 	srv := testutil.NATS(t)
-	nodes := runClusterTests(t, srv.URL(), srv)
+	nodes := runClusterTests(t, srv.URL(), srv, func() { srv.Restart(true) })
 	t.Run("PublishOnTheNATSSubject", func(t *testing.T) { testPublishSubject(t, srv.URL(), nodes) })
 }
 
@@ -78,7 +78,14 @@ func testPublishSubject(t *testing.T, natsURL string, nodes []*herald) {
 
 func TestClusterOnRedis(t *testing.T) {
 	srv := testutil.StartRedis(t)
-	nodes := runClusterTests(t, "redis://"+srv.Addr(), srv)
+	lose := func() {
+		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+		defer rdb.Close()
+		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := runClusterTests(t, "redis://"+srv.Addr(), srv, lose)
 	t.Run("PublishOnTheRedisStream", func(t *testing.T) { testPublishStream(t, srv.Addr(), nodes) })
 }
 
@@ -129,7 +136,10 @@ func testPublishStream(t *testing.T, addr string, nodes []*herald) {
 	})
 }
 
-func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine) []*herald {
+// runClusterTests runs the cluster cases on three nodes on brokerURL.
+// lose makes the engine lose every message it holds (a restart without
+// its data).
+func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine, lose func()) []*herald {
 	var nodes []*herald
 	for i := range 3 {
 		nodes = append(nodes, startHerald(t, []string{"HERALD_BROKER=" + brokerURL, fmt.Sprintf("HERALD_NODE_ID=n%d", i)},
@@ -145,6 +155,7 @@ func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine) []*heral
 	t.Run("CrossNodeDeliveryInOneOrder", func(t *testing.T) { testCrossNodeOrder(t, nodes) })
 	t.Run("ResumeOnAnotherNode", func(t *testing.T) { testResumeOnAnotherNode(t, nodes) })
 	t.Run("EngineRestartMidStream", func(t *testing.T) { testEngineRestart(t, nodes, eng) })
+	t.Run("EngineLosesItsData", func(t *testing.T) { testEngineLosesData(t, nodes, lose) })
 	t.Run("NodeKilledMidStream", func(t *testing.T) { testNodeKill(t, nodes) })
 	return nodes
 }
@@ -485,6 +496,42 @@ func testEngineRestart(t *testing.T, nodes []*herald, eng clusterEngine) {
 		}
 		if _, gaps, disc := f.snapshot(); gaps != 0 || disc != 0 {
 			t.Errorf("node %d: %d gap signals, %d disconnects; want none (the engine kept its data, the node its subscribers)", i, gaps, disc)
+		}
+	}
+}
+
+// testEngineLosesData: the engine comes back without its data. Nodes
+// carry on: subscribers stay connected, get the gap signal, then the
+// channel's new messages in a new epoch.
+func testEngineLosesData(t *testing.T, nodes []*herald, lose func()) {
+	ch := "thread:lost-data"
+	var fs []*follower
+	for _, n := range nodes {
+		fs = append(fs, follow(t, n.url, ch, ""))
+	}
+	urls := []string{nodes[0].url, nodes[1].url, nodes[2].url}
+	for i := range 10 {
+		if err := publishTo(t.Context(), urls[i%3], ch, "", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range fs {
+		f.waitFor(t, 10, 10*time.Second)
+	}
+	lose()
+	for i := 10; i < 20; i++ {
+		testutil.Eventually(t, 30*time.Second, func() error {
+			return publishTo(t.Context(), urls[i%3], ch, fmt.Sprintf("lost-data-%d", i), i)
+		})
+	}
+	for i, f := range fs {
+		evs := f.waitFor(t, 20, 20*time.Second)
+		_, gaps, disc := f.snapshot()
+		if gaps != 1 || disc != 0 {
+			t.Errorf("node %d: %d gap signals and %d disconnects, want 1 and 0", i, gaps, disc)
+		}
+		if err := checkRun(evs[10:], 10); err != nil || evs[10].Epoch == evs[0].Epoch {
+			t.Errorf("node %d: after the loss: %v (epochs %s then %s), want offsets 1…10 of a new epoch", i, err, evs[0].Epoch, evs[10].Epoch)
 		}
 	}
 }

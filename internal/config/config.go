@@ -81,7 +81,9 @@ type Config struct {
 	// after a crash), "nats" (JetStream on the broker's NATS) or "redis"
 	// (Redis Streams on the broker's Redis). Zero follows the broker:
 	// memory, nats or redis. A cluster needs nats or redis, so that a
-	// cursor from one node works on every node. The flag is --history.
+	// cursor from one node works on every node: with a networked broker,
+	// memory (and jetstream on the embedded queue) are refused. The flag
+	// is --history.
 	History string `yaml:"history"`
 	// NodeID names this node in the cluster view of /v1/status. Zero
 	// means the host name and a random suffix. The flag is --node-id.
@@ -430,6 +432,10 @@ func (c Config) Validate() error {
 		bad("history", "nats needs a NATS broker (--broker nats://…)")
 	case c.History == "redis" && kind != "redis":
 		bad("history", "redis needs a Redis broker (--broker redis://…)")
+	case kind != "memory" && (c.History == "memory" || c.History == "jetstream" && c.Queue.URL == ""):
+		// Each node would number the channels' messages apart.
+		bad("history", "%s keeps each node's history apart, so the nodes' offsets would disagree: with a %s broker use %s (the default) or jetstream with queue.url on a shared NATS",
+			c.History, kind, kind)
 	}
 	if !slices.Contains([]string{"memory", "jetstream", "nats", "redis"}, c.History) {
 		bad("history", "%q is not memory, jetstream, nats or redis", c.History)

@@ -245,7 +245,11 @@ func TestValidate(t *testing.T) {
 		}, []string{`namespaces.a:b`, `namespaces.bad name`, "namespaces.ok.max_subscribers"}},
 		{"origins", func(c *Config) { c.WS.AllowedOrigins = []string{""} }, []string{"ws.allowed_origins"}},
 		{"nats broker", func(c *Config) { c.Broker = "nats://127.0.0.1:4222"; c.History = "nats" }, nil},
-		{"redis broker, memory history", func(c *Config) { c.Broker = "redis://127.0.0.1:6379"; c.History = "memory" }, nil},
+		{"redis broker, memory history", func(c *Config) { c.Broker = "redis://127.0.0.1:6379"; c.History = "memory" }, []string{"history", "apart"}},
+		{"nats broker, embedded jetstream history", func(c *Config) { c.Broker = "nats://127.0.0.1:4222"; c.History = "jetstream" }, []string{"history", "queue.url"}},
+		{"nats broker, shared jetstream history", func(c *Config) {
+			c.Broker, c.History, c.Queue.URL = "nats://127.0.0.1:4222", "jetstream", "nats://127.0.0.1:4222"
+		}, nil},
 		{"unknown broker", func(c *Config) { c.Broker = "kafka://x" }, []string{"broker", "kafka://x"}},
 		{"history on another engine", func(c *Config) { c.Broker = "redis://127.0.0.1:6379"; c.History = "nats" }, []string{"history", "NATS broker"}},
 		{"unknown history", func(c *Config) { c.History = "disk" }, []string{"history", "disk"}},
@@ -372,7 +376,7 @@ func TestHistoryFollowsBroker(t *testing.T) {
 			t.Errorf("broker %q: %v", broker, err)
 		}
 	}
-	if c := (Config{Broker: "nats://x:1", History: "memory"}).Defaults(); c.History != "memory" {
+	if c := (Config{Broker: "nats://x:1", History: "jetstream"}).Defaults(); c.History != "jetstream" {
 		t.Errorf("an explicit history was overridden: %q", c.History)
 	}
 }

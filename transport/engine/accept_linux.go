@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -40,6 +41,16 @@ type acceptor struct {
 	buf       []byte    // the read buffer, shared by every handshake
 	hr        bytes.Reader
 	br        *bufio.Reader
+
+	// With cfg.Workers: requests for the handler workers.
+	jobs    chan serveJob
+	workers sync.WaitGroup
+}
+
+// serveJob is one request for a handler worker.
+type serveJob struct {
+	w *nativeWriter
+	r *http.Request
 }
 
 // handshake is a connection whose request head is still arriving.
@@ -115,6 +126,13 @@ func newAcceptor(e *Engine, ln net.Listener, cfg ListenConfig) (*acceptor, error
 		quit:  make(chan struct{}),
 		stop:  a.close,
 	}
+	if cfg.Workers > 0 {
+		a.jobs = make(chan serveJob, 4*cfg.Workers)
+		for range cfg.Workers {
+			a.workers.Add(1)
+			go a.work() // owned by the listener, like run
+		}
+	}
 	go func() { a.cleanup(a.run()) }() // owned by the listener: its Close stops it and waits
 	// The duplicate is the listening socket now; closing ln takes the
 	// original out of the Go runtime's poller.
@@ -172,6 +190,19 @@ func (a *acceptor) run() error {
 	}
 }
 
+// work runs the handler for requests run passes on, until close.
+func (a *acceptor) work() {
+	defer a.workers.Done()
+	for {
+		select {
+		case j := <-a.jobs:
+			a.serve(j.w, j.r)
+		case <-a.quit:
+			return
+		}
+	}
+}
+
 // cleanup closes what run leaves: the sockets still in their handshake,
 // the connections net/http has not accepted, the listening socket. err,
 // when run stopped by itself, is what Accept returns from then on.
@@ -188,6 +219,11 @@ func (a *acceptor) cleanup(err error) {
 		a.err = err
 		close(a.quit)
 	})
+	// Handlers under way finish; requests not started are dropped.
+	a.workers.Wait()
+	for len(a.jobs) > 0 {
+		(<-a.jobs).w.conn.Close()
+	}
 	for {
 		select {
 		case c := <-a.conns:
@@ -267,6 +303,13 @@ func (a *acceptor) received(h *handshake, fd int, remote net.Addr, data []byte) 
 		header: make(http.Header),
 		conn:   &rawConn{fd: fd, local: a.addr, remote: remote},
 		input:  bytes.Clone(data[headLen:]),
+	}
+	if a.jobs != nil {
+		select {
+		case a.jobs <- serveJob{w, req}:
+			return
+		default: // every worker busy and the queue full: serve it here
+		}
 	}
 	a.serve(w, req)
 }

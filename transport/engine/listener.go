@@ -25,6 +25,12 @@ type ListenConfig struct {
 	// Logger receives panics of Handler and accept errors. Nil means the
 	// engine's logger.
 	Logger *slog.Logger
+	// Workers, when positive, runs Handler on that many goroutines
+	// instead of the accepting one, so that a handler waiting on the
+	// network (a subscribe that reads history or subscribes at a broker
+	// on another machine) does not hold up accepting. Zero runs handlers
+	// on the accepting goroutine, which suits handlers that never wait.
+	Workers int
 }
 
 // Limits of the engine's own handshakes.
@@ -51,7 +57,8 @@ const (
 // This skips net/http's goroutine, buffers, request and response objects
 // and hijack for the subscribe handshake, which is most of a connection's
 // set-up cost. Handlers run on the accepting goroutine, one at a time, so
-// they must not block (opening a hub session does not).
+// they must not block (opening a hub session with in-memory history does
+// not) — unless cfg.Workers gives them goroutines of their own.
 //
 // In goroutine mode, or for a listener that is not TCP, Listen returns ln
 // itself. The returned listener owns ln and the accepting goroutine:

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,6 +34,14 @@ type listenServer struct {
 
 func startListenServer(t *testing.T, headerTimeout time.Duration) *listenServer {
 	t.Helper()
+	return startListenServerWith(t, headerTimeout, 0, nil)
+}
+
+// startListenServerWith is startListenServer with handler workers
+// (ListenConfig.Workers) and a blocking handler on the engine's path
+// /v1/block that returns when block is closed.
+func startListenServerWith(t *testing.T, headerTimeout time.Duration, workers int, block chan struct{}) *listenServer {
+	t.Helper()
 	skipWithoutEpoll(t)
 	h := testutil.NewHub(t, hub.Config{})
 	e, err := engine.New(engine.Config{})
@@ -55,6 +64,10 @@ func startListenServer(t *testing.T, headerTimeout time.Duration) *listenServer 
 		w.Write(b)
 	})
 	mux.HandleFunc("/v1/panic", func(http.ResponseWriter, *http.Request) { panic("handler bug") })
+	mux.HandleFunc("/v1/block", func(w http.ResponseWriter, _ *http.Request) {
+		<-block
+		io.WriteString(w, "unblocked")
+	})
 
 	s := &listenServer{}
 	srv := httptest.NewUnstartedServer(mux)
@@ -65,8 +78,9 @@ func startListenServer(t *testing.T, headerTimeout time.Duration) *listenServer 
 	}
 	srv.Listener = e.Listen(srv.Listener, engine.ListenConfig{
 		Handler:       mux,
-		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/panic"},
+		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/panic", "/v1/block"},
 		HeaderTimeout: headerTimeout,
+		Workers:       workers,
 	})
 	s.ln = srv.Listener
 	srv.Start()
@@ -105,6 +119,30 @@ func TestListenServesHandshakes(t *testing.T) {
 	wc.expectMessage("b", `"y"`)
 	if n := s.netHTTP.Load(); n != 0 {
 		t.Fatalf("net/http saw %d connections, want 0", n)
+	}
+}
+
+// TestListenWorkers: with handler workers, a handler that waits (on the
+// network, in a cluster) does not hold up other handshakes.
+func TestListenWorkers(t *testing.T) {
+	block := make(chan struct{})
+	var unblock sync.Once
+	s := startListenServerWith(t, 0, 2, block)
+	// Registered after the server's clean-up, so it runs first: that one
+	// waits for the handlers.
+	t.Cleanup(func() { unblock.Do(func() { close(block) }) })
+	_, blocked := s.request(t, "GET /v1/block HTTP/1.1\r\nHost: x\r\n\r\n")
+	c := s.dialSSE(t, "channel=a")
+	c.readHead()
+	s.waitEngineConns(t, 1)
+	unblock.Do(func() { close(block) })
+	resp, err := http.ReadResponse(blocked, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "unblocked" {
+		t.Fatalf("the blocked handler answered %d %q", resp.StatusCode, body)
 	}
 }
 
