@@ -61,6 +61,11 @@ die() {
 	exit 1
 }
 
+# Functions shared with the other bench scripts: stop_pid, port_open,
+# wait_port, machine_busy, proc_ticks, wait_quiet.
+# shellcheck source=bench/lib.sh
+source bench/lib.sh # the scripts run from the repository root (cd above)
+
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS=$RUNS: want a positive integer"
 for p in "$HERALD_PORT" "$NCHAN_PORT"; do
 	if ! [[ $p =~ ^[0-9]+$ ]] || ((p <= 1024 || p >= 65536)); then die "port $p: want 1025-65535"; fi
@@ -83,23 +88,6 @@ HERALD_PID=
 NGINX_PID=
 BENCH_PID=
 
-# stop_pid PID NAME: SIGTERM, up to 10 s, then SIGKILL; reaps it.
-stop_pid() {
-	local pid=$1 name=$2 i
-	[[ -n $pid ]] || return 0
-	if kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "$name (pid $pid) still running after 10 s: SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
-	fi
-	wait "$pid" 2>/dev/null || true
-}
 
 # nginx_workers MASTER: the PIDs of the master's children, one a line.
 nginx_workers() { pgrep -P "$1" || true; }
@@ -139,48 +127,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# port_open PORT: something accepts connections on 127.0.0.1:PORT.
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_port PORT PID NAME: up to 10 s for PORT to accept while PID lives.
-wait_port() {
-	local port=$1 pid=$2 name=$3 i
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$pid" 2>/dev/null || die "$name exited at startup (log in $OUT)"
-		if port_open "$port"; then return 0; fi
-		sleep 0.1
-	done
-	die "$name does not listen on 127.0.0.1:$port after 10 s"
-}
 
 # ---- CPU accounting ----------------------------------------------------------
 
 CLK_TCK=$(getconf CLK_TCK)
 
-# machine_busy: CPU ticks the whole machine has spent busy (/proc/stat).
-machine_busy() {
-	local user nice system irq softirq steal _
-	# cpu user nice system idle iowait irq softirq steal guest guest_nice
-	read -r _ user nice system _ _ irq softirq steal _ </proc/stat
-	echo $((user + nice + system + irq + softirq + steal))
-}
 
-# proc_ticks PID [children]: utime + stime of PID, or with "children" the
-# cutime + cstime of its children it has waited for; 0 when it is gone.
-proc_ticks() {
-	local stat f
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || {
-		echo 0
-		return
-	}
-	# Fields after the command name, which is in parentheses: f[0] is field 3.
-	read -ra f <<<"${stat##*) }"
-	if [[ ${2:-} == children ]]; then
-		echo $((f[13] + f[14]))
-	else
-		echo $((f[11] + f[12]))
-	fi
-}
 
 # server_ticks PIDS: proc_ticks summed over comma-separated PIDS.
 server_ticks() {
@@ -189,22 +142,6 @@ server_ticks() {
 	echo "$sum"
 }
 
-# wait_quiet: up to QUIET_WAIT seconds for the machine to go quiet.
-wait_quiet() {
-	local start=$SECONDS a b limit
-	limit=$(awk -v c="$QUIET_CORES" -v t="$CLK_TCK" 'BEGIN { printf "%d", c * t }')
-	while :; do
-		a=$(machine_busy)
-		sleep 1
-		b=$(machine_busy)
-		if ((b - a <= limit)); then return 0; fi
-		if ((SECONDS - start >= QUIET_WAIT)); then
-			log "the machine stays busy ($(awk -v b=$((b - a)) -v t="$CLK_TCK" 'BEGIN { printf "%.2f", b / t }') cores) after ${QUIET_WAIT}s; running anyway"
-			return 0
-		fi
-		if ((SECONDS - start < 2)); then log "waiting for the machine to go quiet (other processes use CPU)"; fi
-	done
-}
 
 # ---- 1. nginx + Nchan ------------------------------------------------------
 

@@ -10,7 +10,11 @@
 // processes ("herald bench --worker", see launcher.go) and gives each a
 // contiguous block of subscribers; subscriber i listens to channel
 // i mod channels and connects from source address i mod len(source-ips),
-// so every worker spreads over every channel and address. Parent and
+// so every worker spreads over every channel and address. With several
+// --url base URLs (the nodes of one cluster), subscriber i connects to
+// node (i mod channels + i div channels) mod nodes, so that every channel
+// has subscribers on every node, and publisher j sends to node j mod nodes
+// (config.go, subscriberNode and publisherNode). Parent and
 // workers talk JSON lines over the workers' stdin and stdout
 // (protocol.go). Workers measure latency (the payload carries its send
 // time; one machine, one clock) into mergeable histograms and track every

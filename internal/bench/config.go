@@ -28,11 +28,12 @@ const (
 	maxSourceIPs      = 1024
 	maxPublishers     = 1024
 	maxPayloadBytes   = 60 << 10
+	maxURLs           = 64
 )
 
 // Config is one bench run, as given on the command line.
 type Config struct {
-	URL           string        // server base URL, loopback only
+	URLs          []string      // server base URLs, loopback only, without a trailing slash; see subscriberNode and publisherNode
 	Transport     string        // "sse" or "ws"
 	Subscribers   int           // subscriber connections in total
 	Channels      int           // channels; subscriber i listens to channel i mod Channels
@@ -71,8 +72,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 			"duplicates, connection rate and (with --server-pid) server memory and CPU.\n\n")
 		fs.PrintDefaults()
 	}
-	var sourceIPs, pids string
-	fs.StringVar(&c.URL, "url", "http://127.0.0.1:8080", "server base `URL` (loopback addresses only)")
+	var urls, sourceIPs, pids string
+	fs.StringVar(&urls, "url", "http://127.0.0.1:8080", "server base `URL`s, comma-separated (loopback addresses only): several nodes of one cluster share the subscribers of every channel and the publishers round robin")
 	fs.StringVar(&c.Transport, "transport", "sse", "subscriber transport: sse or ws")
 	fs.IntVar(&c.Subscribers, "subscribers", 10000, "subscriber connections in total")
 	fs.IntVar(&c.Channels, "channels", 100, "channels; subscriber i listens to channel i mod channels")
@@ -104,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if fs.NArg() > 0 {
 		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
 	}
+	c.URLs = splitURLs(urls)
 	var err error
 	if c.SourceIPs, err = parseSourceIPs(sourceIPs); err != nil {
 		errs = append(errs, err)
@@ -139,9 +141,26 @@ func (c *Config) validate() error {
 	if c.Batch < 1 || c.Batch > 1000 || (c.Batch > 1 && !c.Ingest) {
 		bad("--batch %d: want 1-1000, and more than 1 only with --ingest", c.Batch)
 	}
-	target, err := targetAddr(c.URL)
-	if err != nil {
-		errs = append(errs, err)
+	var targets []netip.Addr
+	switch {
+	case len(c.URLs) == 0:
+		bad("--url: at least one URL")
+	case len(c.URLs) > maxURLs:
+		bad("--url: %d URLs, at most %d", len(c.URLs), maxURLs)
+	}
+	seen := make(map[string]bool, len(c.URLs))
+	for _, u := range c.URLs {
+		if seen[u] {
+			bad("--url %q: given twice", u)
+			continue
+		}
+		seen[u] = true
+		target, err := targetAddr(u)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		targets = append(targets, target)
 	}
 	if c.Transport != "sse" && c.Transport != "ws" {
 		bad("--transport %q: want sse or ws", c.Transport)
@@ -193,8 +212,13 @@ func (c *Config) validate() error {
 	for _, ip := range c.SourceIPs {
 		if !ip.IsLoopback() {
 			bad("--source-ips: %v is not a loopback address", ip)
-		} else if target.IsValid() && ip.Is4() != target.Is4() {
-			bad("--source-ips: %v is not of the same address family as the server (%v)", ip, target)
+			continue
+		}
+		for _, target := range targets {
+			if ip.Is4() != target.Is4() {
+				bad("--source-ips: %v is not of the same address family as the server (%v)", ip, target)
+				break
+			}
 		}
 	}
 	if c.PayloadBytes < 0 || c.PayloadBytes > maxPayloadBytes {
@@ -241,6 +265,19 @@ func targetAddr(raw string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("--url %q: the host must be a loopback address (127.0.0.0/8, ::1 or localhost): the bench only loads servers on this machine", raw)
 	}
 	return ip.Unmap(), nil
+}
+
+// splitURLs splits the --url flag at commas, trims spaces and a trailing
+// slash, and drops empty items; validate checks each URL.
+func splitURLs(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSuffix(strings.TrimSpace(item), "/")
+		if item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 // parseSourceIPs parses "A", "A-B" (IPv4, inclusive) and comma-separated
@@ -333,9 +370,28 @@ func ceilDiv(a, b int) int { return (a + b - 1) / b }
 // channelName returns the name of channel i.
 func (c *Config) channelName(i int) string { return c.ChannelPrefix + strconv.Itoa(i) }
 
-// subscribeURL returns the subscribe URL for channel name ch.
-func (c *Config) subscribeURL(ch string) string {
-	base := strings.TrimSuffix(c.URL, "/")
+// subscriberNode returns the index into URLs of the node subscriber i
+// connects to. Subscriber i listens to channel i mod Channels and is that
+// channel's subscriber number i div Channels (its rank); it connects to
+// node (channel + rank) mod len(URLs). So each channel's subscribers go
+// round robin over every node, and the nodes get equal shares (±1 per
+// channel) — plain i mod len(URLs) would put all of a channel's
+// subscribers on one node whenever the node count divides the channel
+// count (30 channels over 3 nodes). With one URL it is always 0.
+func (c *Config) subscriberNode(i int) int {
+	return (i%c.Channels + i/c.Channels) % len(c.URLs)
+}
+
+// publisherNode returns the index into URLs of the node publisher j
+// (the publish goroutine owning the channels c with c mod Publishers == j)
+// sends to: j mod len(URLs). Since every channel has subscribers on every
+// node, most deliveries cross nodes whatever the publisher's node.
+func (c *Config) publisherNode(j int) int { return j % len(c.URLs) }
+
+// subscribeURL returns the subscribe URL for channel name ch on node
+// (an index into URLs).
+func (c *Config) subscribeURL(node int, ch string) string {
+	base := c.URLs[node]
 	if c.Transport == "ws" {
 		base = "ws" + strings.TrimPrefix(base, "http")
 	}

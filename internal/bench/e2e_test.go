@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -253,6 +254,68 @@ func TestEndToEndProcesses(t *testing.T) {
 	}
 	if rep.Delivery.Measured >= rep.Delivery.Delivered {
 		t.Errorf("warmup deliveries were timed: measured %d of %d", rep.Delivery.Measured, rep.Delivery.Delivered)
+	}
+}
+
+// TestEndToEndSeveralURLs runs the bench against three "nodes" — three
+// test servers over one hub, so a message published on any reaches the
+// subscribers of all — with both readers: every node gets subscribers of
+// every channel and publishes, and each subscriber still gets every
+// message of its channel exactly once.
+func TestEndToEndSeveralURLs(t *testing.T) {
+	for _, reader := range []string{"epoll", "goroutine"} {
+		t.Run(reader, func(t *testing.T) {
+			h := testutil.NewHub(t, hub.Config{})
+			wsh := ws.New(h, ws.Config{})
+			mux := http.NewServeMux()
+			mux.Handle("/v1/sse", sse.New(h, sse.Config{}))
+			mux.Handle("/v1/ws", wsh)
+			api.New(h, api.Config{}).Register(mux)
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = wsh.Shutdown(ctx)
+			})
+			const nodes = 3
+			var mu sync.Mutex
+			subs := make([]map[string]int, nodes) // by node: channel → subscribers
+			pubs := make([]int, nodes)
+			var urls []string
+			for n := range nodes {
+				subs[n] = map[string]int{}
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					if r.URL.Path == "/v1/sse" {
+						subs[n][r.URL.Query().Get("channel")]++
+					} else {
+						pubs[n]++
+					}
+					mu.Unlock()
+					mux.ServeHTTP(w, r)
+				}))
+				t.Cleanup(srv.Close)
+				urls = append(urls, srv.URL)
+			}
+			code, rep, stdout, stderr := runBench(t, "--url", strings.Join(urls, ","), "--transport", "sse",
+				"--in-process", "--reader", reader, "--subscribers", "60", "--channels", "6", "--rate", "300",
+				"--duration", "2s", "--drain", "1s", "--workers", "2", "--publishers", "6", "--source-ips", "127.0.0.2-127.0.0.4")
+			checkClean(t, code, rep, stdout, stderr, 60, 6)
+			if len(rep.URLs) != nodes || !strings.Contains(stdout, "(3 URLs") {
+				t.Errorf("report URLs %q\n%s", rep.URLs, stdout)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for n := range nodes {
+				if len(subs[n]) != 6 || pubs[n] == 0 {
+					t.Errorf("node %d: subscribers by channel %v, %d publish requests", n, subs[n], pubs[n])
+				}
+				for ch, k := range subs[n] {
+					if k != 60/6/nodes && k != 60/6/nodes+1 {
+						t.Errorf("node %d: %d subscribers of %s", n, k, ch)
+					}
+				}
+			}
+		})
 	}
 }
 

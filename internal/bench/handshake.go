@@ -29,37 +29,50 @@ const (
 	wsVersionHeader = "13"
 )
 
-// subscribeTarget is the server address and Host header of a run's
-// subscribe URLs.
+// subscribeTarget is the server address and Host header of one of a
+// run's base URLs.
 type subscribeTarget struct {
 	addr netip.AddrPort
 	host string
 }
 
-// newSubscribeTarget resolves the run's URL (a loopback address or
-// localhost, as validated) to the address subscribers connect to.
-func newSubscribeTarget(run *Config) (subscribeTarget, error) {
-	u, err := url.Parse(run.URL)
+// newSubscribeTargets resolves the run's URLs (loopback addresses or
+// localhost, as validated) to the addresses subscribers connect to, by
+// node.
+func newSubscribeTargets(run *Config) ([]subscribeTarget, error) {
+	out := make([]subscribeTarget, 0, len(run.URLs))
+	for _, raw := range run.URLs {
+		t, err := newSubscribeTarget(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func newSubscribeTarget(raw string) (subscribeTarget, error) {
+	u, err := url.Parse(raw)
 	if err != nil {
 		return subscribeTarget{}, err
 	}
-	ip, err := targetAddr(run.URL)
+	ip, err := targetAddr(raw)
 	if err != nil {
 		return subscribeTarget{}, err
 	}
 	port := 80
 	if p := u.Port(); p != "" {
 		if port, err = strconv.Atoi(p); err != nil || port < 1 || port > 65535 {
-			return subscribeTarget{}, fmt.Errorf("--url %q: bad port", run.URL)
+			return subscribeTarget{}, fmt.Errorf("--url %q: bad port", raw)
 		}
 	}
 	return subscribeTarget{addr: netip.AddrPortFrom(ip, uint16(port)), host: u.Host}, nil
 }
 
 // requestURI returns the request target of the subscribe URL of channel
-// name.
-func requestURI(run *Config, name string) (string, error) {
-	u, err := url.Parse(run.subscribeURL(name))
+// name on node.
+func requestURI(run *Config, node int, name string) (string, error) {
+	u, err := url.Parse(run.subscribeURL(node, name))
 	if err != nil {
 		return "", err
 	}

@@ -23,14 +23,16 @@ const publishTimeout = 10 * time.Second
 // connection. A slot the owning goroutine is too busy to take (its queue
 // holds about a second of messages), or has not sent by the end of the
 // run, is counted as behind and not sent: no sequence number is used up,
-// and the run ends on time.
+// and the run ends on time. With several URLs, goroutine i sends to node
+// publisherNode(i).
 type publisher struct {
 	cfg    *Config
 	client *http.Client
 	names  []string
 	pad    string
-	url    string // POST target; contains {channel} in raw mode
-	raw    bool   // body is the payload; else JSON with channel and type
+	urls   []string // POST target by node; contains {channel} in raw mode
+	lanes  int      // publish goroutines: min(Publishers, Channels)
+	raw    bool     // body is the payload; else JSON with channel and type
 
 	chans []chanPub // chans[c] is owned by goroutine c mod Publishers
 
@@ -51,9 +53,12 @@ func newPublisher(cfg *Config) *publisher {
 		cfg:   cfg,
 		names: make([]string, cfg.Channels),
 		pad:   makePad(cfg.PayloadBytes),
-		url:   strings.TrimSuffix(cfg.URL, "/") + cfg.PublishPath,
+		lanes: min(cfg.Publishers, cfg.Channels),
 		raw:   strings.Contains(cfg.PublishPath, "{channel}"),
 		chans: make([]chanPub, cfg.Channels),
+	}
+	for _, u := range cfg.URLs {
+		p.urls = append(p.urls, u+cfg.PublishPath)
 	}
 	for i := range p.names {
 		p.names[i] = cfg.channelName(i)
@@ -76,7 +81,7 @@ func newPublisher(cfg *Config) *publisher {
 // requests in flight (each bounded by publishTimeout). ctx cancels early.
 func (p *publisher) run(ctx context.Context, start, end time.Time) {
 	defer p.client.CloseIdleConnections()
-	n := min(p.cfg.Publishers, p.cfg.Channels)
+	n := p.lanes
 	queues := make([]chan int, n)
 	var wg sync.WaitGroup
 	batch := uint64(max(p.cfg.Batch, 1))
@@ -151,7 +156,7 @@ func (p *publisher) publish(ctx context.Context, c int, body []byte) []byte {
 	st := &p.chans[c]
 	st.seq++
 	seq := st.seq
-	target := p.url
+	target := p.target(c)
 	body = body[:0]
 	ts := time.Now().UnixNano()
 	switch {
@@ -179,6 +184,11 @@ func (p *publisher) publish(ctx context.Context, c int, body []byte) []byte {
 	}
 	p.ok.Add(1)
 	return body
+}
+
+// target returns the URL channel c is published to: its goroutine's node.
+func (p *publisher) target(c int) string {
+	return p.urls[p.cfg.publisherNode(c%p.lanes)]
 }
 
 func (p *publisher) post(ctx context.Context, target string, body []byte) error {
@@ -255,7 +265,7 @@ func (p *publisher) ingest(ctx context.Context, c int, body []byte) []byte {
 	}
 	body = append(body, `]}`...)
 	p.sent.Add(uint64(n))
-	if err := p.post(ctx, p.url, body); err != nil {
+	if err := p.post(ctx, p.target(c), body); err != nil {
 		for seq := first; seq <= st.seq; seq++ {
 			st.failed = append(st.failed, seq)
 		}

@@ -43,18 +43,18 @@ const (
 
 // epollReader is a worker's set of event loops.
 type epollReader struct {
-	w      *worker
-	target subscribeTarget
-	loops  []*eloop
-	next   int // loop of the next subscriber; used by the dial loop only
+	w       *worker
+	targets []subscribeTarget // by node
+	loops   []*eloop
+	next    int // loop of the next subscriber; used by the dial loop only
 }
 
 func newEpollReader(w *worker) (*epollReader, error) {
-	target, err := newSubscribeTarget(w.run)
+	targets, err := newSubscribeTargets(w.run)
 	if err != nil {
 		return nil, err
 	}
-	r := &epollReader{w: w, target: target}
+	r := &epollReader{w: w, targets: targets}
 	n := min(runtime.GOMAXPROCS(0), max(1, ceilDiv(w.cfg.Count, loopConns)))
 	for range n {
 		l, err := newLoop(r)
@@ -355,7 +355,8 @@ type handshake struct {
 // dial opens p's socket and starts connecting it.
 func (l *eloop) dial(p pendingSub) error {
 	src := l.w.run.SourceIPs[p.s.src]
-	dst := l.r.target.addr
+	target := l.r.targets[p.s.node]
+	dst := target.addr
 	family := unix.AF_INET
 	if dst.Addr().Is6() {
 		family = unix.AF_INET6
@@ -375,18 +376,18 @@ func (l *eloop) dial(p pendingSub) error {
 	if err := unix.Connect(fd, sockaddr(dst)); err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		return fail(err)
 	}
-	uri, err := requestURI(l.w.run, p.s.name)
+	uri, err := requestURI(l.w.run, p.s.node, p.s.name)
 	if err != nil {
 		return fail(err)
 	}
 	c := &econn{s: p.s, l: l, fd: fd, hs: &handshake{t0: p.t0}}
 	switch l.w.run.Transport {
 	case "sse":
-		c.out = appendSSERequest(nil, l.r.target.host, uri)
+		c.out = appendSSERequest(nil, target.host, uri)
 	default:
 		key := newWSKey()
 		c.hs.accept = wsAccept(key)
-		c.out = appendWSRequest(nil, l.r.target.host, uri, key)
+		c.out = appendWSRequest(nil, target.host, uri, key)
 	}
 	c.events = epollConnEvents | unix.EPOLLOUT
 	ev := unix.EpollEvent{Events: c.events, Fd: int32(fd)}
@@ -418,7 +419,7 @@ func (l *eloop) handle(c *econn, events uint32) {
 			if err == nil {
 				err = unix.Errno(errno)
 			}
-			l.failConnect(c, fmt.Errorf("dial %v->%v: %w", l.w.run.SourceIPs[c.s.src], l.r.target.addr, err))
+			l.failConnect(c, fmt.Errorf("dial %v->%v: %w", l.w.run.SourceIPs[c.s.src], l.r.targets[c.s.node].addr, err))
 			return
 		}
 		c.hs.connected = true

@@ -12,19 +12,20 @@ import (
 // Report is the outcome of a run: the human summary and the JSON output
 // show the same figures.
 type Report struct {
-	URL          string  `json:"url"`
-	Transport    string  `json:"transport"`
-	Subscribers  int     `json:"subscribers"`
-	Channels     int     `json:"channels"`
-	Rate         float64 `json:"rate"`
-	DurationS    float64 `json:"duration_s"`
-	WarmupS      float64 `json:"warmup_s"`
-	DrainS       float64 `json:"drain_s"`
-	Workers      int     `json:"workers"`
-	SourceIPs    int     `json:"source_ips"`
-	PayloadBytes int     `json:"payload_bytes"`
-	Publishers   int     `json:"publishers"`
-	Reader       string  `json:"reader"`
+	URL          string   `json:"url"`  // the base URLs, comma-separated
+	URLs         []string `json:"urls"` // one per node: subscribers and publishers go round robin over them
+	Transport    string   `json:"transport"`
+	Subscribers  int      `json:"subscribers"`
+	Channels     int      `json:"channels"`
+	Rate         float64  `json:"rate"`
+	DurationS    float64  `json:"duration_s"`
+	WarmupS      float64  `json:"warmup_s"`
+	DrainS       float64  `json:"drain_s"`
+	Workers      int      `json:"workers"`
+	SourceIPs    int      `json:"source_ips"`
+	PayloadBytes int      `json:"payload_bytes"`
+	Publishers   int      `json:"publishers"`
+	Reader       string   `json:"reader"`
 
 	Connect   ConnectReport  `json:"connect"`
 	Publish   PublishReport  `json:"publish"`
@@ -118,7 +119,7 @@ type ClientReport struct {
 
 func newReport(c *Config) *Report {
 	return &Report{
-		URL: c.URL, Transport: c.Transport, Subscribers: c.Subscribers, Channels: c.Channels,
+		URL: strings.Join(c.URLs, ","), URLs: c.URLs, Transport: c.Transport, Subscribers: c.Subscribers, Channels: c.Channels,
 		Rate: c.Rate, DurationS: c.Duration.Seconds(), WarmupS: c.Warmup.Seconds(), DrainS: c.Drain.Seconds(),
 		Workers: min(c.Workers, c.Subscribers), SourceIPs: len(c.SourceIPs), PayloadBytes: c.PayloadBytes,
 		Publishers: min(c.Publishers, c.Channels), Reader: c.Reader,
@@ -261,8 +262,12 @@ func (rep *Report) judge() {
 func (rep *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	target := rep.URL
+	if n := len(rep.URLs); n > 1 {
+		target = fmt.Sprintf("%s (%d URLs: every channel's subscribers and the publishers round robin over them)", rep.URL, n)
+	}
 	p("herald bench: %s %s, %d subscribers over %d channels, %d workers (%s reader), %d source addresses",
-		rep.Transport, rep.URL, rep.Subscribers, rep.Channels, rep.Workers, rep.Reader, rep.SourceIPs)
+		rep.Transport, target, rep.Subscribers, rep.Channels, rep.Workers, rep.Reader, rep.SourceIPs)
 	c := rep.Connect
 	p("connect     %d/%d in %.2fs = %.0f conn/s; handshake p50 %s p99 %s max %s; %d failed",
 		c.Connected, rep.Subscribers, c.Seconds, c.PerSecond, fmtMS(c.HandshakeMS.P50), fmtMS(c.HandshakeMS.P99), fmtMS(c.HandshakeMS.Max), c.Failed)

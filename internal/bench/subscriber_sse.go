@@ -23,7 +23,7 @@ var (
 // loop, which runs until ctx ends (the transport then closes the
 // connection) or the stream ends.
 func (w *worker) connectSSE(ctx context.Context, s *subscriber) (func() error, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.run.subscribeURL(s.name), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.run.subscribeURL(s.node, s.name), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 // which runs until ctx ends (the connection is then closed under it) or
 // the server closes.
 func (w *worker) connectWS(ctx context.Context, s *subscriber) (func() error, error) {
-	c, resp, err := w.wsDialers[s.src].DialContext(ctx, w.run.subscribeURL(s.name), nil)
+	c, resp, err := w.wsDialers[s.src].DialContext(ctx, w.run.subscribeURL(s.node, s.name), nil)
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			b, _ := io.ReadAll(io.LimitReader(resp.Body, 300))

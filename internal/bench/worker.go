@@ -80,6 +80,7 @@ type subscriber struct {
 	channel   int    // index into the run's channels
 	name      string // channel name
 	src       int    // index into the run's source addresses
+	node      int    // index into the run's URLs
 	connected bool   // set by its goroutine (or event loop) before conns.Wait returns
 	track     seqTracker
 }
@@ -161,7 +162,7 @@ func newWorker(cfg workerConfig, out *lineWriter, stderr io.Writer) (*worker, er
 	for k := range w.subs {
 		g := cfg.First + k
 		c := g % run.Channels
-		w.subs[k] = subscriber{channel: c, name: run.channelName(c), src: g % len(run.SourceIPs)}
+		w.subs[k] = subscriber{channel: c, name: run.channelName(c), src: g % len(run.SourceIPs), node: run.subscriberNode(g)}
 	}
 	if run.Reader == "epoll" {
 		p, err := newEpollReader(w)
