@@ -57,6 +57,32 @@ func TestSharedConformance(t *testing.T) {
 	})
 }
 
+// TestRedisClusterConformance: the cases on a Redis Cluster of three
+// masters, three nodes each with a cluster client. A channel's keys share
+// a hash slot, so its scripts and reads run on the one master that owns it.
+func TestRedisClusterConformance(t *testing.T) {
+	addrs := testutil.RedisCluster(t, 3)
+	newStore := func(t *testing.T) hub.History {
+		rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
+		t.Cleanup(func() { rdb.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h, err := redishistory.New(ctx, rdb, redishistory.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	historytest.Run(t, newStore)
+	historytest.RunShared(t, func(t *testing.T, n int) []hub.History {
+		hs := make([]hub.History, n)
+		for i := range hs {
+			hs[i] = newStore(t)
+		}
+		return hs
+	})
+}
+
 // TestLossConformance: Redis crashes and comes back empty, as one without
 // persistence does; the History carries on with the same client, which
 // reconnects (and finds its scripts gone).

@@ -140,7 +140,6 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 		_ = cl.close()
 		return nil, fmt.Errorf("app: %w", err)
 	}
-	log.Info("herald node", "node", h.NodeID(), "broker", h.BrokerHealth().Engine, "history", cfg.History)
 
 	eng, err := engine.New(engine.Config{
 		Heartbeat:    min(cfg.SSE.Heartbeat, cfg.WS.Heartbeat, cfg.Iframe.Heartbeat),
@@ -262,7 +261,8 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 	ln = a.engine.Listen(ln, lc)
 	a.events.start()
-	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version)
+	a.log.Info("herald listening on http://"+ln.Addr().String(), "version", a.version,
+		"node", a.hub.NodeID(), "broker", a.hub.BrokerHealth().Engine, "history", a.cfg.History)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if a.cfg.DebugListen != "" {

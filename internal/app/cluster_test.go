@@ -140,6 +140,28 @@ func testPublishStream(t *testing.T, addr string, nodes []*herald) {
 // lose makes the engine lose every message it holds (a restart without
 // its data).
 func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine, lose func()) []*herald {
+	nodes := startNodes(t, brokerURL)
+	t.Run("CrossNodeDeliveryInOneOrder", func(t *testing.T) { testCrossNodeOrder(t, nodes) })
+	t.Run("ResumeOnAnotherNode", func(t *testing.T) { testResumeOnAnotherNode(t, nodes) })
+	t.Run("EngineRestartMidStream", func(t *testing.T) { testEngineRestart(t, nodes, eng) })
+	t.Run("EngineLosesItsData", func(t *testing.T) { testEngineLosesData(t, nodes, lose) })
+	t.Run("NodeKilledMidStream", func(t *testing.T) { testNodeKill(t, nodes) })
+	return nodes
+}
+
+// TestClusterOnRedisCluster: the nodes on a Redis Cluster of three masters
+// (broker and history in cluster mode).
+func TestClusterOnRedisCluster(t *testing.T) {
+	addrs := testutil.RedisCluster(t, 3)
+	nodes := startNodes(t, "redis://"+addrs[0]+"?cluster=true&addr="+addrs[1]+"&addr="+addrs[2])
+	t.Run("CrossNodeDeliveryInOneOrder", func(t *testing.T) { testCrossNodeOrder(t, nodes) })
+	t.Run("ResumeOnAnotherNode", func(t *testing.T) { testResumeOnAnotherNode(t, nodes) })
+}
+
+// startNodes starts three nodes on brokerURL and waits until each sees
+// the three.
+func startNodes(t *testing.T, brokerURL string) []*herald {
+	t.Helper()
 	var nodes []*herald
 	for i := range 3 {
 		nodes = append(nodes, startHerald(t, []string{"HERALD_BROKER=" + brokerURL, fmt.Sprintf("HERALD_NODE_ID=n%d", i)},
@@ -152,11 +174,6 @@ func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine, lose fun
 			return len(cl) == 3
 		})
 	}
-	t.Run("CrossNodeDeliveryInOneOrder", func(t *testing.T) { testCrossNodeOrder(t, nodes) })
-	t.Run("ResumeOnAnotherNode", func(t *testing.T) { testResumeOnAnotherNode(t, nodes) })
-	t.Run("EngineRestartMidStream", func(t *testing.T) { testEngineRestart(t, nodes, eng) })
-	t.Run("EngineLosesItsData", func(t *testing.T) { testEngineLosesData(t, nodes, lose) })
-	t.Run("NodeKilledMidStream", func(t *testing.T) { testNodeKill(t, nodes) })
 	return nodes
 }
 
