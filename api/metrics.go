@@ -29,6 +29,7 @@ type hubCollector struct {
 	published, delivered, dropped, slow *prometheus.Desc
 	connections, channels, subscribers  *prometheus.Desc
 	idempotencyKeys, uptime             *prometheus.Desc
+	sequenced, fills                    *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*hubCollector)(nil)
@@ -48,13 +49,16 @@ func newHubCollector(stats func() hub.Stats) *hubCollector {
 		subscribers:     d("herald_subscribers", "Channel subscriptions, summed over channels."),
 		idempotencyKeys: d("herald_idempotency_keys", "Remembered publish idempotency keys."),
 		uptime:          d("herald_uptime_seconds", "Seconds since the hub started."),
+		sequenced: d("herald_sequencer_messages_total",
+			"With a networked broker: messages held back behind a missing one (held), read from history to fill a hole (filled), given up as gone from history (skipped).", "event"),
+		fills: d("herald_sequencer_fills_total", "With a networked broker: history reads to fill holes in a channel's messages."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.published, c.delivered, c.dropped, c.slow,
-		c.connections, c.channels, c.subscribers, c.idempotencyKeys, c.uptime} {
+		c.connections, c.channels, c.subscribers, c.idempotencyKeys, c.uptime, c.sequenced, c.fills} {
 		ch <- d
 	}
 }
@@ -85,6 +89,13 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.subscribers, float64(st.Subscribers))
 	gauge(c.idempotencyKeys, float64(st.IdempotencyKeys))
 	gauge(c.uptime, st.Uptime.Seconds())
+	for _, e := range []struct {
+		event string
+		n     uint64
+	}{{"held", st.Sequencer.Held}, {"filled", st.Sequencer.Filled}, {"skipped", st.Sequencer.Skipped}} {
+		ch <- prometheus.MustNewConstMetric(c.sequenced, prometheus.CounterValue, float64(e.n), e.event)
+	}
+	counter(c.fills, st.Sequencer.Fills)
 }
 
 // newMetricsHandler builds the API's own registry (so that several servers

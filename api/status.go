@@ -43,6 +43,10 @@ type Status struct {
 	Cluster []hub.NodeInfo `json:"cluster"`
 	// Broker is this node's broker and the health of its engine.
 	Broker broker.Health `json:"broker"`
+	// Sequencer is present with a networked broker: messages held back
+	// behind a missing one, history reads to fill holes, messages filled
+	// from history, messages given up (subscribers got a gap signal).
+	Sequencer *hub.SequencerStats `json:"sequencer,omitempty"`
 	// Pipelines are the event pipelines' figures: per stage in, out,
 	// failed, dropped and latency, and their queue's pending, in-flight,
 	// redelivered and dead-lettered events.
@@ -106,7 +110,12 @@ func (a *API) summary(ctx context.Context) Status {
 	if a.cfg.Pipelines != nil {
 		ps = a.cfg.Pipelines(ctx)
 	}
+	var seq *hub.SequencerStats
+	if a.hub.BrokerHealth().Engine != "memory" {
+		seq = &st.Sequencer
+	}
 	return Status{
+		Sequencer:       seq,
 		Node:            a.hub.NodeID(),
 		Cluster:         a.hub.Nodes(),
 		Broker:          a.hub.BrokerHealth(),

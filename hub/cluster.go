@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/broker"
@@ -111,6 +112,8 @@ type remote struct {
 	}
 	fillWake  chan struct{} // capacity 1
 	unsubWake chan struct{} // capacity 1
+
+	held, fills, filled, skipped atomic.Uint64 // see SequencerStats
 }
 
 func newRemote(h *Hub) *remote {
@@ -301,15 +304,16 @@ func (r *remote) receive(m *Message) {
 		rc.epoch, rc.last = m.Epoch, 1
 		r.h.index.fanout(m)
 	default:
+		r.held.Add(1)
 		rc.hold(m)
 		r.advanceLocked(rc)
 	}
 }
 
 // hold keeps m, which arrived ahead of a missing message: messages of the
-// channel's current epoch by offset, then those of other epochs.
-// rc.mu must be held.
-func (rc *remoteChan) hold(m *Message) {
+// channel's current epoch by offset, then those of other epochs. It
+// reports false when m was held already. rc.mu must be held.
+func (rc *remoteChan) hold(m *Message) bool {
 	key := func(x *Message) (int, uint64) {
 		if x.Epoch == rc.epoch {
 			return 0, x.Offset
@@ -328,9 +332,10 @@ func (rc *remoteChan) hold(m *Message) {
 		return cmp.Compare(a.Epoch, b.Epoch)
 	})
 	if found {
-		return
+		return false
 	}
 	rc.pending = slices.Insert(rc.pending, i, m)
+	return true
 }
 
 // advanceLocked hands on the held messages that are next in order and, if
@@ -369,6 +374,7 @@ func (r *remote) advanceLocked(rc *remoteChan) {
 func (rc *remoteChan) skipLocked(h *Hub) {
 	for _, m := range rc.pending {
 		if m.Epoch == rc.epoch && m.Offset > rc.last {
+			h.remote.skipped.Add(m.Offset - rc.last - 1)
 			rc.last = m.Offset
 			h.index.fanout(m)
 		}
@@ -471,6 +477,7 @@ func (r *remote) fill(rc *remoteChan) {
 	ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 	msgs, head, gap, err := r.h.history.Since(ctx, rc.name, pos, r.h.namespace(rc.name).historyOptions())
 	cancel()
+	r.fills.Add(1)
 
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
@@ -500,8 +507,10 @@ func (r *remote) fill(rc *remoteChan) {
 	// before a loss of history: drop them; those left are in offset order.
 	rc.pending = slices.DeleteFunc(rc.pending, func(m *Message) bool { return m.Epoch != rc.epoch })
 	for _, m := range msgs {
-		if m.Epoch == rc.epoch {
-			rc.hold(m)
+		if m.Epoch == rc.epoch && m.Offset > rc.last {
+			if rc.hold(m) {
+				r.filled.Add(1) // the broker had not brought it
+			}
 		}
 	}
 	// Everything up to head, in order; what neither history nor the
@@ -512,13 +521,17 @@ func (r *remote) fill(rc *remoteChan) {
 			break
 		}
 		if m.Offset > rc.last {
+			r.skipped.Add(m.Offset - rc.last - 1)
 			rc.last = m.Offset
 			r.h.index.fanout(m)
 		}
 		n++
 	}
 	rc.pending = rc.pending[n:]
-	rc.last = max(rc.last, head.Offset)
+	if head.Offset > rc.last {
+		r.skipped.Add(head.Offset - rc.last)
+		rc.last = head.Offset
+	}
 	again := rc.again
 	rc.again = false
 	r.advanceLocked(rc)

@@ -275,6 +275,9 @@ func TestClusterFillsLostMessagesFromHistory(t *testing.T) {
 	if n := gaps(items); n != 0 {
 		t.Errorf("%d gap signals, but history held every message", n)
 	}
+	if st := hubs[1].Stats().Sequencer; st.Filled != 4 || st.Skipped != 0 || st.Fills == 0 {
+		t.Errorf("sequencer %+v, want 4 filled from history, none skipped", st)
+	}
 }
 
 // TestClusterTrimmedLossGivesGap: what history no longer holds is skipped,
@@ -307,6 +310,11 @@ func TestClusterTrimmedLossGivesGap(t *testing.T) {
 	}
 	if o := offsets(items, ch); o[len(o)-1] != 6 {
 		t.Errorf("offsets %v, want to end at 6", o)
+	}
+	// 1–5 went by while node 1 was cut off; history keeps only 6 (or 5
+	// and 6, when the fill ran before 6 arrived): 4 or 5 were given up.
+	if st := hubs[1].Stats().Sequencer; st.Skipped < 4 || st.Skipped > 5 {
+		t.Errorf("sequencer %+v, want 4 or 5 skipped", st)
 	}
 }
 

@@ -467,6 +467,19 @@ type Stats struct {
 	Dropped         uint64
 	SlowConsumers   uint64
 	IdempotencyKeys int
+	// Sequencer is what the node's sequencer did with a networked broker
+	// (zero otherwise).
+	Sequencer SequencerStats
+}
+
+// SequencerStats count the messages a node's sequencer handled out of
+// the ordinary: held back behind a missing one, read from history to fill
+// a hole, or given up (gone from history: subscribers got a gap signal).
+type SequencerStats struct {
+	Held    uint64 `json:"held"`
+	Fills   uint64 `json:"fills"`  // history reads
+	Filled  uint64 `json:"filled"` // messages handed on from history
+	Skipped uint64 `json:"skipped"`
 }
 
 // Stats returns the hub's current figures.
@@ -479,6 +492,9 @@ func (h *Hub) Stats() Stats {
 		Dropped:         h.stats.dropped.Load(),
 		SlowConsumers:   h.stats.slowConsumers.Load(),
 		IdempotencyKeys: h.idem.len(),
+	}
+	if r := h.remote; r != nil {
+		st.Sequencer = SequencerStats{Held: r.held.Load(), Fills: r.fills.Load(), Filled: r.filled.Load(), Skipped: r.skipped.Load()}
 	}
 	h.connMu.Lock()
 	st.Connections = len(h.sessions)
