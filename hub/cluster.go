@@ -70,8 +70,10 @@ const (
 // Session.mu; remoteStripe.mu and remote.work.mu are leaves. Nothing that
 // holds an index shard or a Session.mu takes remoteChan.mu.
 type remoteChan struct {
-	name string
-	refs int // sessions holding it; guarded by the stripe's op lock
+	name  string
+	refs  int           // sessions holding it; guarded by the stripe's mu
+	ready chan struct{} // closed once subscribed and primed, or failed
+	err   error         // why it failed; written before ready is closed
 
 	mu      sync.Mutex // held while fanning out, so that fan-out is in order
 	epoch   string     // position handed to the fan-out; guarded by mu
@@ -90,8 +92,8 @@ type remoteChan struct {
 }
 
 type remoteStripe struct {
-	op    sync.Mutex   // serialises subscribing and unsubscribing per channel; held across broker calls
-	mu    sync.RWMutex // guards chans; never held across a network call
+	op    sync.Mutex   // orders broker Subscribe and Unsubscribe per channel; held across them
+	mu    sync.RWMutex // guards chans and their refs; never held across a network call
 	chans map[string]*remoteChan
 }
 
@@ -129,53 +131,70 @@ func (r *remote) stripe(ch string) *remoteStripe {
 	return &r.stripes[maphash.String(r.seed, ch)%uint64(len(r.stripes))]
 }
 
-// acquire takes a reference on ch for a session about to subscribe,
-// subscribing at the broker and learning the channel's position in history
-// if this is the node's first subscriber. Errors wrap ErrUnavailable.
+// acquire takes a reference on ch for a session about to subscribe. The
+// node's first subscriber of ch subscribes at the broker and learns the
+// channel's position in history; others wait until that is done. Errors
+// wrap ErrUnavailable (or are ErrShuttingDown, or ctx's).
 func (r *remote) acquire(ctx context.Context, ch string) error {
 	st := r.stripe(ch)
-	st.op.Lock()
-	defer st.op.Unlock()
-	st.mu.RLock()
-	rc := st.chans[ch]
-	st.mu.RUnlock()
-	if rc != nil {
-		// Still subscribed at the broker, even if its last session left
-		// and the unsubscribe is queued: the worker sees the reference.
+	st.mu.Lock()
+	if rc := st.chans[ch]; rc != nil {
 		rc.refs++
-		return nil
+		st.mu.Unlock()
+		select {
+		case <-rc.ready:
+			return rc.err // on error, rc has left the map: the reference goes with it
+		case <-ctx.Done():
+			r.release(ch)
+			return ctx.Err()
+		}
 	}
-	rc = &remoteChan{name: ch, refs: 1}
 	// Registered before the broker subscription, so that messages that
 	// arrive in between are held (not primed yet) rather than dropped.
-	st.mu.Lock()
+	rc := &remoteChan{name: ch, refs: 1, ready: make(chan struct{})}
 	st.chans[ch] = rc
 	st.mu.Unlock()
-	fail := func(err error) error {
+
+	// The op lock orders this subscription after an unsubscribe of the
+	// channel that a worker may have under way.
+	st.op.Lock()
+	defer st.op.Unlock()
+	err := r.subscribe(ctx, rc)
+	if err != nil {
 		st.mu.Lock()
 		delete(st.chans, ch)
 		st.mu.Unlock()
 		rc.mu.Lock()
 		rc.gone, rc.pending = true, nil
 		rc.mu.Unlock()
-		if errors.Is(err, broker.ErrClosed) {
-			return ErrShuttingDown
+		switch {
+		case errors.Is(err, broker.ErrClosed):
+			err = ErrShuttingDown
+		case ctx.Err() == nil:
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	rc.err = err
+	close(rc.ready)
+	return err
+}
+
+// subscribe subscribes rc at the broker and primes it with the channel's
+// head in history. The stripe's op lock must be held.
+func (r *remote) subscribe(ctx context.Context, rc *remoteChan) error {
 	if r.sub != nil {
-		if err := r.sub.Subscribe(ctx, ch); err != nil {
-			return fail(err)
+		if err := r.sub.Subscribe(ctx, rc.name); err != nil {
+			return err
 		}
 	}
-	head, err := r.h.history.Head(ctx, ch, r.h.namespace(ch).historyOptions())
+	head, err := r.h.history.Head(ctx, rc.name, r.h.namespace(rc.name).historyOptions())
 	if err != nil {
 		if r.sub != nil {
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), brokerCallTimeout)
-			_ = r.sub.Unsubscribe(uctx, ch)
+			_ = r.sub.Unsubscribe(uctx, rc.name)
 			cancel()
 		}
-		return fail(err)
+		return err
 	}
 	rc.mu.Lock()
 	rc.epoch, rc.last, rc.primed = head.Epoch, head.Offset, true
@@ -186,18 +205,18 @@ func (r *remote) acquire(ctx context.Context, ch string) error {
 
 // release drops a session's reference on ch. The last one queues the
 // broker unsubscribe for a worker: a session closes on the engine's poller
-// or timer goroutine, which must never wait on the network.
+// or timer goroutine, which must never wait on the network (or on a lock
+// held across it).
 func (r *remote) release(ch string) {
 	st := r.stripe(ch)
-	st.op.Lock()
-	defer st.op.Unlock()
-	st.mu.RLock()
+	st.mu.Lock()
 	rc := st.chans[ch]
-	st.mu.RUnlock()
-	if rc == nil {
-		return
+	last := rc != nil && rc.refs == 1
+	if rc != nil {
+		rc.refs--
 	}
-	if rc.refs--; rc.refs > 0 {
+	st.mu.Unlock()
+	if !last {
 		return
 	}
 	r.work.mu.Lock()
@@ -236,13 +255,14 @@ func (r *remote) unsubscribe(rc *remoteChan) {
 	st := r.stripe(rc.name)
 	st.op.Lock()
 	defer st.op.Unlock()
-	if rc.refs > 0 {
-		return // taken again meanwhile: still wanted, still subscribed
-	}
 	st.mu.Lock()
-	if st.chans[rc.name] == rc {
-		delete(st.chans, rc.name)
+	if rc.refs > 0 || st.chans[rc.name] != rc {
+		// Taken again meanwhile (still wanted, still subscribed), or
+		// already gone.
+		st.mu.Unlock()
+		return
 	}
+	delete(st.chans, rc.name)
 	st.mu.Unlock()
 	rc.mu.Lock()
 	rc.gone, rc.pending = true, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,14 +41,16 @@ type heldMsg struct {
 // netBroker is one node's broker on a testNet: a broker.Subscriber with
 // health, like the networked brokers.
 type netBroker struct {
-	net        *testNet
-	id         int
-	handler    broker.Handler
-	q          chan *broker.Message
-	done       chan struct{}
-	wg         sync.WaitGroup
-	connected  atomic.Bool
-	reconnects atomic.Uint64
+	net            *testNet
+	id             int
+	handler        broker.Handler
+	q              chan *broker.Message
+	done           chan struct{}
+	wg             sync.WaitGroup
+	connected      atomic.Bool
+	reconnects     atomic.Uint64
+	subscribeCalls atomic.Int64
+	gate           atomic.Pointer[chan struct{}] // if set, Subscribe waits until it is closed
 
 	mu   sync.Mutex
 	subs map[string]bool // guarded by mu
@@ -131,6 +134,12 @@ func (b *netBroker) subscribed(ch string) bool {
 func (b *netBroker) Subscribe(_ context.Context, ch string) error {
 	if !b.connected.Load() {
 		return fmt.Errorf("node %d: not connected", b.id)
+	}
+	if !strings.HasPrefix(ch, "$") { // not the hub's own heartbeat channel
+		b.subscribeCalls.Add(1)
+		if g := b.gate.Load(); g != nil {
+			<-*g // the test holds the subscription up
+		}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -526,5 +535,51 @@ func TestClusterResyncDuringFill(t *testing.T) {
 	hist.resume()
 	if o := offsets(wait(4), ch); !slices.Equal(o, []uint64{1, 2, 3, 4}) {
 		t.Errorf("offsets %v, want 1 2 3 4", o)
+	}
+}
+
+// TestClusterSecondSubscriberWaitsForTheFirst: while a node subscribes a
+// channel at the broker for its first subscriber, a second subscriber of
+// the channel waits for it: once its Subscribe returns, it gets every
+// message published after.
+func TestClusterSecondSubscriberWaitsForTheFirst(t *testing.T) {
+	_, hubs, brokers := cluster(t, 2, hub.Config{})
+	ch := "thread:slow-subscribe"
+	gate := make(chan struct{})
+	brokers[1].gate.Store(&gate)
+	var gateOnce sync.Once
+	open := func() { gateOnce.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	first := make(chan func(int) []hub.Item, 1)
+	go func() { first <- collect(t, hubs[1], ch) }()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if brokers[1].subscribeCalls.Load() == 0 {
+			return errors.New("the first subscriber has not reached the broker")
+		}
+		return nil
+	})
+	second := make(chan func(int) []hub.Item, 1)
+	go func() { second <- collect(t, hubs[1], ch) }()
+	var wait2 func(int) []hub.Item
+	select {
+	case wait2 = <-second:
+		// Returned while the broker subscription is not in place: the
+		// message below would be lost for it.
+	case <-time.After(50 * time.Millisecond):
+	}
+	open()
+	if wait2 == nil {
+		wait2 = <-second
+	}
+	publish(t, hubs[0], `"after"`, ch)
+	wait1 := <-first
+	for i, wait := range []func(int) []hub.Item{wait1, wait2} {
+		items := wait(1)
+		if o := offsets(items, ch); !slices.Equal(o, []uint64{1}) || gaps(items) != 0 {
+			t.Errorf("subscriber %d: offsets %v, %d gaps; want 1 and none", i+1, o, gaps(items))
+		}
+	}
+	if n := brokers[1].subscribeCalls.Load(); n != 1 {
+		t.Errorf("%d broker subscriptions for one channel, want 1", n)
 	}
 }
