@@ -95,6 +95,11 @@ type Health struct {
 	Engine string `json:"engine"`
 	// Reconnects counts the connections re-established since start.
 	Reconnects uint64 `json:"reconnects"`
+	// Dropped counts the messages the broker received but dropped
+	// because the handler fell behind (a slow-consumer policy). The hub
+	// checks its channels against history when it grows, as after a
+	// reconnection.
+	Dropped uint64 `json:"dropped"`
 	// Err is the last connection error while disconnected.
 	Err string `json:"error,omitempty"`
 }

@@ -691,9 +691,10 @@ func (h *Hub) watchLoop() {
 	t := time.NewTicker(min(h.cfg.NodeHeartbeat, watchInterval))
 	defer t.Stop()
 	hr, _ := h.broker.(broker.HealthReporter)
-	var reconnects uint64
+	var reconnects, dropped uint64
 	if hr != nil {
-		reconnects = hr.Health().Reconnects
+		hl := hr.Health()
+		reconnects, dropped = hl.Reconnects, hl.Dropped
 	}
 	subscribed := false
 	var lastBeat time.Time
@@ -704,9 +705,16 @@ func (h *Hub) watchLoop() {
 		if hr != nil {
 			// A new connection, however short the outage was: what was
 			// published meanwhile never reached this node.
-			if hl := hr.Health(); hl.Connected && hl.Reconnects != reconnects {
-				reconnects = hl.Reconnects
+			switch hl := hr.Health(); {
+			case hl.Connected && hl.Reconnects != reconnects:
+				reconnects, dropped = hl.Reconnects, hl.Dropped
 				h.log.Info("hub: broker reconnected; checking channels against history")
+				h.remote.resync()
+			case hl.Dropped != dropped:
+				// The last messages of a burst may be among them, with
+				// nothing after to reveal the hole.
+				dropped = hl.Dropped
+				h.log.Warn("hub: the broker dropped messages (slow consumer); checking channels against history")
 				h.remote.resync()
 			}
 		}

@@ -50,6 +50,7 @@ type netBroker struct {
 	connected      atomic.Bool
 	reconnects     atomic.Uint64
 	subscribeCalls atomic.Int64
+	dropped        atomic.Uint64                 // messages "dropped as a slow consumer", for Health
 	gate           atomic.Pointer[chan struct{}] // if set, Subscribe waits until it is closed
 
 	mu   sync.Mutex
@@ -158,7 +159,7 @@ func (b *netBroker) Unsubscribe(_ context.Context, ch string) error {
 }
 
 func (b *netBroker) Health() broker.Health {
-	return broker.Health{Connected: b.connected.Load(), Engine: "test", Reconnects: b.reconnects.Load()}
+	return broker.Health{Connected: b.connected.Load(), Engine: "test", Reconnects: b.reconnects.Load(), Dropped: b.dropped.Load()}
 }
 
 // reconnect ends an outage of the node's connection.
@@ -581,5 +582,31 @@ func TestClusterSecondSubscriberWaitsForTheFirst(t *testing.T) {
 	}
 	if n := brokers[1].subscribeCalls.Load(); n != 1 {
 		t.Errorf("%d broker subscriptions for one channel, want 1", n)
+	}
+}
+
+// TestClusterResyncAfterDrops: when the broker reports messages it dropped
+// (a slow consumer), the node checks its channels against history, so the
+// last messages of a burst are not missing until the next one.
+func TestClusterResyncAfterDrops(t *testing.T) {
+	tn, hubs, brokers := cluster(t, 2, hub.Config{})
+	ch := "thread:drops"
+	wait := collect(t, hubs[1], ch)
+	// Node 1's watcher has read the broker's figures once node 0 hears
+	// its heartbeat: the drops below are news to it.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if len(hubs[0].Nodes()) != 2 {
+			return errors.New("node 0 has not heard from node 1 yet")
+		}
+		return nil
+	})
+	tn.setIntercept(func(to int, m *broker.Message) bool { return to != 1 || m.Offset < 2 })
+	for i := range 3 {
+		publish(t, hubs[0], fmt.Sprintf(`{"i":%d}`, i), ch)
+	}
+	tn.release(func([]heldMsg) []heldMsg { return nil }) // 2 and 3 are dropped
+	brokers[1].dropped.Add(2)
+	if o := offsets(wait(3), ch); !slices.Equal(o, []uint64{1, 2, 3}) {
+		t.Errorf("offsets %v, want 1 2 3", o)
 	}
 }
