@@ -143,6 +143,7 @@ func runClusterTests(t *testing.T, brokerURL string, eng clusterEngine, lose fun
 	nodes := startNodes(t, brokerURL)
 	t.Run("CrossNodeDeliveryInOneOrder", func(t *testing.T) { testCrossNodeOrder(t, nodes) })
 	t.Run("ResumeOnAnotherNode", func(t *testing.T) { testResumeOnAnotherNode(t, nodes) })
+	t.Run("IdempotencyKeyHoldsAcrossNodes", func(t *testing.T) { testIdempotencyAcrossNodes(t, nodes) })
 	t.Run("EngineRestartMidStream", func(t *testing.T) { testEngineRestart(t, nodes, eng) })
 	t.Run("EngineLosesItsData", func(t *testing.T) { testEngineLosesData(t, nodes, lose) })
 	t.Run("NodeKilledMidStream", func(t *testing.T) { testNodeKill(t, nodes) })
@@ -382,6 +383,38 @@ func testResumeOnAnotherNode(t *testing.T, nodes []*herald) {
 	}
 	if _, gaps, _ := f.snapshot(); gaps != 0 {
 		t.Errorf("%d gap signals on resume", gaps)
+	}
+}
+
+// testIdempotencyAcrossNodes: a publish retried on another node with the
+// same idempotency key gets the first answer and is delivered once.
+func testIdempotencyAcrossNodes(t *testing.T, nodes []*herald) {
+	ch := "thread:idempotent"
+	var fs []*follower
+	for _, n := range nodes {
+		fs = append(fs, follow(t, n.url, ch, ""))
+	}
+	var results [][]client.Result
+	for _, n := range nodes {
+		res, err := client.New(n.url).Publish(t.Context(), client.Publication{Channels: []string{ch}, Data: "once", IdempotencyKey: "k-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, res)
+	}
+	for i, res := range results {
+		if len(res) != 1 || res[0] != results[0][0] {
+			t.Errorf("node %d answered %+v, node 0 %+v: want the same position", i, res, results[0])
+		}
+	}
+	if err := publishTo(t.Context(), nodes[1].url, ch, "", "next"); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fs {
+		evs := f.waitFor(t, 2, 10*time.Second)
+		if err := checkRun(evs, 2); err != nil || string(evs[0].Data) != `"once"` {
+			t.Errorf("node %d: %v (first %s); want the keyed message once, then the next", i, err, evs[0].Data)
+		}
 	}
 }
 
