@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"time"
 
@@ -49,13 +50,35 @@ type Config struct {
 	PingInterval time.Duration
 
 	// PendingMessages and PendingBytes bound, per subscribed channel, the
-	// messages received but not yet handed to the handler. A handler that
-	// falls behind past either bound loses the newest messages of that
-	// channel (the slow-consumer policy: counted in Stats, logged once per
-	// episode), so a stuck handler cannot grow memory without bound. Zero
-	// means 10,000 messages and 16 MiB.
+	// messages received but not yet handed to the handler (PendingBytes
+	// counts their payloads). A handler that falls behind past either
+	// bound loses the newest messages of that channel (the slow-consumer
+	// policy: counted in Stats, logged once per episode), so a stuck
+	// handler cannot grow memory without bound. IntakeMessages adds to
+	// these bounds. Zero means 10,000 messages and 16 MiB.
 	PendingMessages int
 	PendingBytes    int
+
+	// IntakeMessages bounds the messages received from the server and not
+	// yet sorted into their channel's queue, all channels together: the
+	// broker's intake queue, which every subscription delivers into and
+	// which one goroutine (the router) empties. It fills only when that
+	// goroutine gets less CPU than the connection's read loop for a while
+	// (a burst on a busy machine); then what arrives is dropped, counted
+	// in Stats.SlowConsumers and logged, whatever its channel. At 400,000
+	// messages a second the default lets the router go without CPU for
+	// 160ms. The queue is allocated at New, 8 bytes per message (512 KiB
+	// by default), and every GC cycle scans it, which shows in latency
+	// only when the heap is small. Zero means 65,536.
+	IntakeMessages int
+
+	// Workers is how many goroutines call the handler, whatever the number
+	// of subscribed channels (the broker runs one more, its router). A
+	// channel is with one worker at a time, so its handler calls keep
+	// their order and never overlap; a handler call that blocks holds up
+	// its channel and one worker, and the other channels go on with the
+	// other workers. Zero means GOMAXPROCS at New, and at least 4.
+	Workers int
 
 	// Logger receives connection events (disconnected, reconnected),
 	// slow-consumer episodes and malformed messages. Nil means
@@ -78,6 +101,8 @@ const (
 	defaultPingInterval    = 20 * time.Second
 	defaultPendingMessages = 10_000
 	defaultPendingBytes    = 16 << 20
+	minDefaultWorkers      = 4
+	defaultIntakeMessages  = 1 << 16
 	maxPingsOutstanding    = 3
 )
 
@@ -103,6 +128,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PendingBytes == 0 {
 		c.PendingBytes = defaultPendingBytes
+	}
+	if c.IntakeMessages == 0 {
+		c.IntakeMessages = defaultIntakeMessages
+	}
+	if c.Workers == 0 {
+		c.Workers = max(runtime.GOMAXPROCS(0), minDefaultWorkers)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -134,6 +165,12 @@ func (c Config) validate() error {
 	}
 	if c.PendingBytes < 0 {
 		errs = append(errs, fmt.Errorf("PendingBytes %d is negative", c.PendingBytes))
+	}
+	if c.IntakeMessages < 0 {
+		errs = append(errs, fmt.Errorf("IntakeMessages %d is negative", c.IntakeMessages))
+	}
+	if c.Workers < 0 {
+		errs = append(errs, fmt.Errorf("Workers %d is negative", c.Workers))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("broker/nats: invalid config: %w", err)

@@ -17,15 +17,23 @@
 // same form: a payload that does not decode, or that names another
 // channel than its subject, is counted (Stats.Malformed) and dropped.
 //
-// Delivery. Each subscribed channel is one NATS subscription, and nats.go
-// calls a subscription's callback from one goroutine of its own, in the
-// order the server sent the messages: the handler is called for one
-// channel in publish order and never concurrently, and for different
-// channels concurrently. Messages received but not yet handled are
-// bounded per channel (Config.PendingMessages, Config.PendingBytes); past
-// the bound the newest are dropped, counted and logged. Delivery is
-// at-most-once: a node that is disconnected misses what is published
-// meanwhile, and reads it from history.
+// Delivery. Each subscribed channel is one NATS subscription, but the
+// broker runs a fixed number of goroutines whatever their number: a
+// router and Config.Workers workers (see delivery.go); a subscribed
+// channel costs about half a KiB (BenchmarkSubscribe). Every subscription
+// delivers, in the order the server sent its messages, into one intake
+// queue (Config.IntakeMessages); the router sorts the messages into
+// per-channel queues, and the workers call the handler, each for one
+// channel at a time: the handler is called for one channel in publish
+// order and never concurrently, and for different channels concurrently.
+// Messages received but not yet handled are bounded per channel
+// (Config.PendingMessages, Config.PendingBytes); past the bound the newest
+// are dropped, counted and logged. A handler call that blocks holds up its
+// channel and one worker, not the other channels, until every worker is
+// blocked. If the router itself falls behind the network, the intake
+// queue fills and nats.go drops what arrives, counted and logged the same
+// way. Delivery is at-most-once: a node that is disconnected misses what
+// is published meanwhile, and reads it from history.
 //
 // Outages. New does not fail when the server is down: the connection
 // retries for ever, in the background, so that a node boots during an
@@ -63,9 +71,18 @@ type Broker struct {
 	handler atomic.Pointer[broker.Handler]
 	closed  atomic.Bool
 
-	mu      sync.Mutex
-	subs    map[string]*chanSub // by channel; guarded by mu
-	running sync.WaitGroup      // delivery goroutines not yet exited; Add with mu held and closed false
+	// Lock order: mu, then a lane's mu; runq's lock is never held with
+	// another. mu is read-locked by the router for every message and
+	// write-locked only to add or remove a lane: nats.go serialises
+	// subscriptions on its connection lock anyway, so sharding it would
+	// not let Subscribe calls run more in parallel.
+	mu    sync.RWMutex
+	lanes map[string]*lane // by subject; guarded by mu
+
+	intake     chan *natsgo.Msg // every subscription's messages, in arrival order
+	runq       *runQueue        // lanes with messages to hand to the handler
+	done       chan struct{}    // closed by Shutdown: the router stops
+	goroutines sync.WaitGroup   // the router and the workers
 
 	// Connection state, kept by the connection's event handlers so that
 	// Health never waits for nats.go's connection lock (held while it
@@ -78,22 +95,14 @@ type Broker struct {
 	}
 	reconnects    atomic.Uint64
 	slowConsumers atomic.Uint64
-	malformed     atomic.Uint64
+	// dropped counts the messages dropped for a full lane, and the
+	// intake-full episodes (nats.go does not say how many each lost), for
+	// Health.Dropped.
+	dropped   atomic.Uint64
+	malformed atomic.Uint64
 
 	shutdownOnce sync.Once
 	stopped      chan struct{} // closed when Shutdown's work is done
-}
-
-// chanSub is one channel's subscription.
-type chanSub struct {
-	channel string
-	// sub is nil once the channel was unsubscribed, while the delivery
-	// goroutine may still be in the handler; the entry stays in the map
-	// until done is closed, so that a new Subscribe of the channel waits
-	// for it. Guarded by Broker.mu.
-	sub      *natsgo.Subscription
-	done     chan struct{} // closed when the delivery goroutine has exited
-	exitOnce sync.Once
 }
 
 var (
@@ -129,7 +138,10 @@ func New(url string, cfg Config) (*Broker, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		engine:  engineName(url),
-		subs:    make(map[string]*chanSub),
+		lanes:   make(map[string]*lane),
+		intake:  make(chan *natsgo.Msg, cfg.IntakeMessages),
+		runq:    newRunQueue(),
+		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
 	name := "herald"
@@ -173,6 +185,10 @@ func New(url string, cfg Config) (*Broker, error) {
 		b.state.connected = connected
 	}
 	b.state.mu.Unlock()
+	b.goroutines.Go(b.route)
+	for range cfg.Workers {
+		b.goroutines.Go(b.work)
+	}
 	return b, nil
 }
 
@@ -235,92 +251,121 @@ func (b *Broker) Publish(ctx context.Context, m *broker.Message) error {
 //
 // If the channel's previous subscription is still handing a message to
 // the handler, Subscribe waits for that call to return: the handler is
-// never called twice at once for one channel.
+// never called twice at once for one channel, and never for a message of
+// the previous subscription once Subscribe has returned.
+//
+// Subscribe and Unsubscribe calls for one channel must not overlap (the
+// hub serialises them, see broker.Subscriber).
 func (b *Broker) Subscribe(ctx context.Context, channel string) error {
-	for {
-		b.mu.Lock()
-		if b.closed.Load() {
-			b.mu.Unlock()
-			return broker.ErrClosed
-		}
-		cs := b.subs[channel]
-		if cs == nil {
-			break // with mu held
-		}
-		if cs.sub != nil {
-			b.mu.Unlock()
-			return b.flush(ctx)
-		}
+	subject := Subject(b.cfg.Prefix, channel)
+	b.mu.Lock()
+	if b.closed.Load() {
 		b.mu.Unlock()
+		return broker.ErrClosed
+	}
+	l := b.lanes[subject]
+	if l == nil {
+		l = &lane{channel: channel, subject: subject}
+		b.lanes[subject] = l
+	}
+	l.refs++
+	b.mu.Unlock()
+	defer b.unref(l)
+
+	for {
+		l.mu.Lock()
+		if l.sub != nil || l.subscribing {
+			l.mu.Unlock()
+			if err := b.flush(ctx); err != nil {
+				return fmt.Errorf("broker/nats: subscribe to %q: %w", channel, err)
+			}
+			return nil
+		}
+		if !l.scheduled {
+			l.subscribing = true
+			l.mu.Unlock()
+			break
+		}
+		if l.idle == nil {
+			l.idle = make(chan struct{})
+		}
+		idle := l.idle
+		l.mu.Unlock()
 		select {
-		case <-cs.done:
+		case <-idle:
+		case <-b.done:
+			return broker.ErrClosed // the workers have stopped: idle may never close
 		case <-ctx.Done():
 			return fmt.Errorf("broker/nats: subscribe to %q: previous subscription still delivering: %w", channel, ctx.Err())
 		}
 	}
-	cs := &chanSub{channel: channel, done: make(chan struct{})}
-	sub, err := b.nc.Subscribe(Subject(b.cfg.Prefix, channel), func(m *natsgo.Msg) { b.deliver(channel, m) })
+	sub, err := b.nc.ChanSubscribe(subject, b.intake)
+	l.mu.Lock()
+	l.subscribing = false
+	if err == nil {
+		l.sub = sub
+	}
+	l.mu.Unlock()
 	if err != nil {
-		b.mu.Unlock()
+		if b.closed.Load() {
+			return broker.ErrClosed
+		}
 		return fmt.Errorf("broker/nats: subscribe to %q: %w", channel, err)
 	}
-	cs.sub = sub
-	b.subs[channel] = cs
-	b.running.Add(1)
-	b.mu.Unlock()
-
-	_ = sub.SetPendingLimits(b.cfg.PendingMessages, b.cfg.PendingBytes)
-	sub.SetClosedHandler(func(string) { b.exited(cs) })
-	if !sub.IsValid() {
-		// Closed before the handler was set (the connection closed):
-		// nats.go may not call it. exited runs once either way.
-		b.exited(cs)
-	}
 	if err := b.flush(ctx); err != nil {
-		b.unsubscribe(cs)
+		b.unsubscribe(l, sub)
+		if b.closed.Load() {
+			return broker.ErrClosed
+		}
 		return fmt.Errorf("broker/nats: subscribe to %q: %w", channel, err)
 	}
 	return nil
+}
+
+// unref releases a reference Subscribe took on l.
+func (b *Broker) unref(l *lane) {
+	b.mu.Lock()
+	l.refs--
+	l.mu.Lock()
+	if l.removable() && b.lanes[l.subject] == l {
+		delete(b.lanes, l.subject)
+	}
+	l.mu.Unlock()
+	b.mu.Unlock()
 }
 
 // Unsubscribe removes the channel's subscription. Delivery stops at once,
-// but for a handler call in progress; the server learns of it
-// asynchronously and Unsubscribe does not wait for it. Unsubscribing a
-// channel that is not subscribed does nothing.
+// but for a handler call in progress: the messages received and not yet
+// handled are dropped. The server learns of it asynchronously and
+// Unsubscribe does not wait for it. Unsubscribing a channel that is not
+// subscribed does nothing.
 func (b *Broker) Unsubscribe(_ context.Context, channel string) error {
-	b.mu.Lock()
-	cs := b.subs[channel]
-	b.mu.Unlock()
-	if cs != nil {
-		b.unsubscribe(cs)
+	b.mu.RLock()
+	l := b.lanes[Subject(b.cfg.Prefix, channel)]
+	b.mu.RUnlock()
+	if l != nil {
+		b.unsubscribe(l, nil)
 	}
 	return nil
 }
 
-// unsubscribe removes cs's subscription if it is still in place.
-func (b *Broker) unsubscribe(cs *chanSub) {
-	b.mu.Lock()
-	sub := cs.sub
-	cs.sub = nil
-	b.mu.Unlock()
-	if sub != nil {
-		// It fails only when the subscription or the connection is closed
-		// already: either way it is gone.
-		_ = sub.Unsubscribe()
+// unsubscribe removes l's subscription, if it is only (when only is not
+// nil), and drops l's queued messages.
+func (b *Broker) unsubscribe(l *lane, only *natsgo.Subscription) {
+	l.mu.Lock()
+	sub := l.sub
+	if sub == nil || (only != nil && sub != only) {
+		l.mu.Unlock()
+		return
 	}
-}
-
-// exited records that cs's delivery goroutine has exited.
-func (b *Broker) exited(cs *chanSub) {
-	cs.exitOnce.Do(func() {
-		b.mu.Lock()
-		if b.subs[cs.channel] == cs {
-			delete(b.subs, cs.channel)
-		}
-		b.mu.Unlock()
-		close(cs.done)
-		b.running.Done()
-	})
+	l.sub = nil
+	l.q.reset()
+	l.bytes, l.slow = 0, false
+	l.mu.Unlock()
+	// It fails only when the subscription or the connection is closed
+	// already: either way it is gone.
+	_ = sub.Unsubscribe()
+	b.removeLane(l)
 }
 
 // flush waits until the server has processed everything sent so far.
@@ -346,30 +391,6 @@ func (b *Broker) flush(ctx context.Context) error {
 	}
 }
 
-// deliver is a subscription's callback, called by nats.go from the
-// subscription's goroutine.
-func (b *Broker) deliver(channel string, nm *natsgo.Msg) {
-	if b.closed.Load() {
-		return
-	}
-	m, err := broker.Decode(nm.Data)
-	if err == nil && m.Channel != channel {
-		err = fmt.Errorf("message of channel %q on the subject of %q", m.Channel, channel)
-	}
-	if err != nil {
-		// Log the first and then every 1000th: a misbehaving publisher
-		// must not flood the log.
-		if n := b.malformed.Add(1); n == 1 || n%1000 == 0 {
-			b.log.Warn("broker/nats: dropped a malformed message",
-				"subject", nm.Subject, "size", len(nm.Data), "error", err, "malformed_total", n)
-		}
-		return
-	}
-	if h := b.handler.Load(); h != nil {
-		(*h)(m)
-	}
-}
-
 // Health reports the connection's state as the connection's event
 // handlers last recorded it. It does not touch the network or nats.go's
 // locks.
@@ -380,6 +401,7 @@ func (b *Broker) Health() broker.Health {
 		Connected:  b.state.connected,
 		Engine:     b.engine,
 		Reconnects: b.reconnects.Load(),
+		Dropped:    b.dropped.Load(),
 	}
 	if !h.Connected {
 		h.Err = b.state.err
@@ -392,7 +414,9 @@ type Stats struct {
 	// SlowConsumers counts the episodes in which a channel's handler fell
 	// behind past Config.PendingMessages or Config.PendingBytes and the
 	// channel's newest messages were dropped; an episode ends when the
-	// handler catches up.
+	// handler catches up. It also counts, per channel, the episodes in
+	// which the broker's intake queue was full (its router fell behind the
+	// network) and nats.go dropped the channel's messages.
 	SlowConsumers uint64
 	// Malformed counts received messages that were not in broker's wire
 	// form or named another channel than their subject's.
@@ -404,12 +428,14 @@ func (b *Broker) Stats() Stats {
 	return Stats{SlowConsumers: b.slowConsumers.Load(), Malformed: b.malformed.Load()}
 }
 
-// Shutdown stops delivery, unsubscribes every channel, sends the server
-// what Publish has written (if connected and ctx allows), closes the
-// connection, and waits for every handler call in progress to return. It
-// is idempotent and safe to call concurrently; it returns ctx.Err() if
-// ctx ends first, the work then going on in the background. Publish
-// returns broker.ErrClosed from the first call on.
+// Shutdown stops delivery, sends the server what Publish has written (if
+// connected and ctx allows), closes the connection (which ends every
+// subscription), and waits for every handler call in progress to return
+// and the broker's goroutines to exit. It is idempotent and safe to call
+// concurrently; it returns ctx.Err() if ctx ends first, the work then
+// going on in the background. Publish returns broker.ErrClosed from the
+// first call on, and the handler is not called again once Shutdown has
+// returned nil.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.closed.Store(true)
 	b.shutdownOnce.Do(func() { go b.shutdown(ctx) })
@@ -430,17 +456,10 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 // goroutine of its own, which ends when every handler call has returned.
 func (b *Broker) shutdown(ctx context.Context) {
 	defer close(b.stopped)
-	// Subscribe checks closed with mu held: none adds a subscription, or
-	// to running, after this.
-	b.mu.Lock()
-	var subs []*chanSub
-	for _, cs := range b.subs {
-		subs = append(subs, cs)
-	}
-	b.mu.Unlock()
-	for _, cs := range subs {
-		b.unsubscribe(cs)
-	}
+	// closed is set: the workers hand nothing more to the handler. Stop
+	// them and the router now; messages still queued are dropped.
+	b.runq.close()
+	close(b.done)
 	if b.Health().Connected && ctx.Err() == nil {
 		fctx, cancel := ctx, context.CancelFunc(func() {})
 		if _, ok := ctx.Deadline(); !ok {
@@ -449,10 +468,11 @@ func (b *Broker) shutdown(ctx context.Context) {
 		_ = b.nc.FlushWithContext(fctx)
 		cancel()
 	}
+	// Close removes every subscription: nats.go delivers nothing into
+	// intake afterwards. Its own goroutines end on their own.
 	b.nc.Close()
-	// A delivery goroutine exits once its handler call returns; the
-	// connection's own goroutines end on their own after Close.
-	b.running.Wait()
+	// A worker exits once its handler call returns.
+	b.goroutines.Wait()
 }
 
 // ---- connection event handlers ----
@@ -508,11 +528,18 @@ func (b *Broker) onClosed(nc *natsgo.Conn) {
 
 func (b *Broker) onAsyncError(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
 	if errors.Is(err, natsgo.ErrSlowConsumer) && sub != nil {
+		// Every subscription delivers into intake: it was full. nats.go
+		// reports it once per subscription until one of its messages
+		// gets in again.
+		if b.closed.Load() {
+			return // the router has stopped
+		}
 		b.slowConsumers.Add(1)
+		b.dropped.Add(1)
 		ch, _ := ChannelOf(b.cfg.Prefix, sub.Subject)
 		dropped, _ := sub.Dropped()
-		b.log.Warn("broker/nats: handler too slow; dropping the channel's newest messages",
-			"channel", ch, "dropped_so_far", dropped)
+		b.log.Warn("broker/nats: intake queue full (delivery behind the network); dropping the channel's newest messages",
+			"channel", ch, "dropped_so_far", dropped, "intake_messages", b.cfg.IntakeMessages)
 		return
 	}
 	var subject string

@@ -341,7 +341,9 @@ func (b *Broker) deliver(msg *goredis.Message) {
 
 // Health reports the state of the broker's pub/sub connections: Connected
 // if every one is up (subscriptions restored). It does not touch the
-// network.
+// network. Dropped stays zero: the broker drops nothing itself, and what
+// Redis drops for a client that falls behind (its pub/sub output limit)
+// comes with a closed connection, counted in Reconnects.
 func (b *Broker) Health() broker.Health {
 	h := broker.Health{Engine: b.ep.engine}
 	b.mu.Lock()
