@@ -327,29 +327,38 @@ func TestMalformedMessagesAreDropped(t *testing.T) {
 	}
 }
 
-// TestSlowHandlerIsBounded: a handler stuck on a channel makes the broker
-// drop that channel's messages past PendingMessages, count the episode,
-// and deliver the rest in order once the handler is back; other channels
-// are not held up.
-func TestSlowHandlerIsBounded(t *testing.T) {
+// blockingBroker runs a broker on a new server whose handler blocks on the
+// messages blocks selects until unblock is called (at the latest when the
+// test ends); entered is closed when the first such message arrives.
+func blockingBroker(t *testing.T, cfg natsbroker.Config, blocks func(*broker.Message) bool) (b *natsbroker.Broker, r *recorder, entered <-chan struct{}, unblock func()) {
+	t.Helper()
 	srv := testutil.NATS(t)
-	cfg := testConfig(t)
-	cfg.PendingMessages = 10
-	b := newBroker(t, srv.URL(), cfg)
+	b = newBroker(t, srv.URL(), cfg)
 	release := make(chan struct{})
-	entered := make(chan struct{})
-	var once sync.Once
-	r := &recorder{byChan: map[string][]*broker.Message{}, block: func(m *broker.Message) {
-		if m.Channel == "stuck" {
-			once.Do(func() { close(entered) })
+	in := make(chan struct{})
+	var once, releaseOnce sync.Once
+	r = &recorder{byChan: map[string][]*broker.Message{}, block: func(m *broker.Message) {
+		if blocks(m) {
+			once.Do(func() { close(in) })
 			<-release
 		}
 	}}
 	if err := b.Run(r.handle); err != nil {
 		t.Fatal(err)
 	}
-	var releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // if the test stops early
+	unblock = func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // if the test stops early
+	return b, r, in, unblock
+}
+
+// TestSlowHandlerIsBounded: a handler stuck on a channel makes the broker
+// drop that channel's messages past PendingMessages, count the episode,
+// and deliver the rest in order once the handler is back; other channels
+// are not held up.
+func TestSlowHandlerIsBounded(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.PendingMessages = 10
+	b, r, entered, unblock := blockingBroker(t, cfg, func(m *broker.Message) bool { return m.Channel == "stuck" })
 	mustSubscribe(t, b, "stuck")
 	mustSubscribe(t, b, "free")
 	mustPublish(t, b, message("stuck", 1))
@@ -365,7 +374,7 @@ func TestSlowHandlerIsBounded(t *testing.T) {
 		}
 		return nil
 	})
-	releaseOnce.Do(func() { close(release) })
+	unblock()
 	// What arrives while the handler catches up may be dropped too.
 	next := publishUntilReceived(t, b, r, "stuck", 101)
 	mustPublish(t, b, message("stuck", next))
@@ -592,22 +601,7 @@ func TestGoroutinesDoNotGrowWithChannels(t *testing.T) {
 // yet handed to the handler when it is unsubscribed are dropped; the
 // handler call in progress completes.
 func TestUnsubscribeDropsQueued(t *testing.T) {
-	srv := testutil.NATS(t)
-	b := newBroker(t, srv.URL(), testConfig(t))
-	release := make(chan struct{})
-	entered := make(chan struct{})
-	var once sync.Once
-	r := &recorder{byChan: map[string][]*broker.Message{}, block: func(m *broker.Message) {
-		if m.Channel == "c" && m.Offset == 1 {
-			once.Do(func() { close(entered) })
-			<-release
-		}
-	}}
-	if err := b.Run(r.handle); err != nil {
-		t.Fatal(err)
-	}
-	var releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // if the test stops early
+	b, r, entered, unblock := blockingBroker(t, testConfig(t), func(m *broker.Message) bool { return m.Channel == "c" && m.Offset == 1 })
 	mustSubscribe(t, b, "c")
 	mustSubscribe(t, b, "marker")
 	mustPublish(t, b, message("c", 1))
@@ -621,7 +615,7 @@ func TestUnsubscribeDropsQueued(t *testing.T) {
 	if err := b.Unsubscribe(t.Context(), "c"); err != nil {
 		t.Fatal(err)
 	}
-	releaseOnce.Do(func() { close(release) })
+	unblock()
 	mustPublish(t, b, message("marker", 2))
 	r.waitOffsets(t, "marker", 1, 2)
 	testutil.Eventually(t, 10*time.Second, func() error {
