@@ -215,9 +215,10 @@ func validateEvent(enforce bool) func(pipeline.Event) error {
 // start runs every pipeline until stop.
 func (p *pipelines) start() {
 	ctx, cancel := context.WithCancel(context.Background())
+	// Every Add happens before stop can see cancel and Wait.
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.cancel = cancel
-	p.mu.Unlock()
 	for _, r := range p.runners {
 		p.done.Add(1)
 		go func() {
