@@ -96,7 +96,7 @@ func TestOutageConformance(t *testing.T) {
 // holding one of its channels.
 func TestRedisCluster(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts a Redis Cluster")
+		t.Skip("-short: skips starting a Redis Cluster of three servers; runs in every full `go test ./...` and in CI")
 	}
 	addrs := testutil.RedisCluster(t, 3)
 	base := "redis://" + addrs[0] + "?cluster=true&addr=" + addrs[1] + "&addr=" + addrs[2]

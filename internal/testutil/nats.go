@@ -54,18 +54,7 @@ func NATS(t testing.TB) *NATSServer {
 		t.Fatalf("testutil: nats-server not found on the PATH (%v): install it, e.g. apt-get install -y nats-server", err)
 	}
 	s := &NATSServer{t: t, bin: bin, dir: t.TempDir(), out: &syncBuffer{}}
-	// Another process may take the port between freePort and the
-	// server's bind: try a few.
-	for try := 1; ; try++ {
-		s.port = freePort(t)
-		err := s.start()
-		if err == nil {
-			break
-		}
-		if try == 3 {
-			t.Fatal(err)
-		}
-	}
+	onFreePort(t, func(port int) { s.port = port }, s.start)
 	t.Cleanup(s.stop)
 	return s
 }

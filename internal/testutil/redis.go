@@ -25,28 +25,43 @@ import (
 // not installed: CI installs it (apt-get install -y redis-server).
 func Redis(t testing.TB) (addr string, restart func()) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("testutil: redis-server not found (%v): install it, e.g. apt-get install -y redis-server", err)
-	}
-	r := &redisServer{t: t, bin: bin, dir: t.TempDir()}
-	// Another process may take the port between freePort and the
-	// server's bind: try a few.
-	for try := 1; ; try++ {
-		r.port = freePort(t)
-		err := r.start()
-		if err == nil {
-			break
-		}
-		if try == 3 {
-			t.Fatal(err)
-		}
-	}
+	r := startRedisServer(t)
 	t.Cleanup(r.stop)
 	return r.addr(), func() {
 		t.Helper()
 		r.kill()
 		if err := r.start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startRedisServer starts a redis-server with args added to its command
+// line, on a free port and a temporary directory, and fails the test when
+// it cannot. The caller stops it.
+func startRedisServer(t testing.TB, args ...string) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("testutil: redis-server not found (%v): install it, e.g. apt-get install -y redis-server", err)
+	}
+	r := &redisServer{t: t, bin: bin, dir: t.TempDir(), args: args}
+	onFreePort(t, func(port int) { r.port = port }, r.start)
+	return r
+}
+
+// onFreePort gives setPort a free port and calls start, a few times over:
+// another process may take the port between freePort and the server's
+// bind.
+func onFreePort(t testing.TB, setPort func(int), start func() error) {
+	t.Helper()
+	for try := 1; ; try++ {
+		setPort(freePort(t))
+		err := start()
+		if err == nil {
+			return
+		}
+		if try == 3 {
 			t.Fatal(err)
 		}
 	}
@@ -62,10 +77,6 @@ type redisServer struct {
 
 	// args are added to the command line (StartRedis, RedisCluster).
 	args []string
-	// pdeathsig has the server killed when the thread that started it
-	// dies (a test binary killed by its timeout), for the helpers that
-	// start several servers.
-	pdeathsig bool
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
@@ -88,9 +99,9 @@ func (r *redisServer) start() error {
 		"--loglevel", "warning",
 	)
 	r.cmd.Args = append(r.cmd.Args, r.args...)
-	if r.pdeathsig {
-		r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	}
+	// Killed with the test binary should it die without its clean-ups
+	// (a -timeout panic).
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("testutil: starting redis-server: %w", err)
@@ -199,21 +210,7 @@ func (b *syncBuffer) String() string {
 // clients reconnect to the same address. restart is Redis's: data kept.
 func RedisLossy(t testing.TB) (addr string, restart, restartEmpty func()) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("testutil: redis-server not found (%v): install it, e.g. apt-get install -y redis-server", err)
-	}
-	r := &redisServer{t: t, bin: bin, dir: t.TempDir()}
-	for try := 1; ; try++ {
-		r.port = freePort(t)
-		err := r.start()
-		if err == nil {
-			break
-		}
-		if try == 3 {
-			t.Fatal(err)
-		}
-	}
+	r := startRedisServer(t)
 	t.Cleanup(r.stop)
 	restartIn := func(dir string) {
 		t.Helper()
@@ -240,21 +237,7 @@ type RedisServer struct {
 // command line, and stops it when the test ends.
 func StartRedis(t testing.TB, args ...string) *RedisServer {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("testutil: redis-server not found (%v): install it, e.g. apt-get install -y redis-server", err)
-	}
-	r := &redisServer{t: t, bin: bin, dir: t.TempDir(), args: args, pdeathsig: true}
-	for try := 1; ; try++ {
-		r.port = freePort(t)
-		err := r.start()
-		if err == nil {
-			break
-		}
-		if try == 3 {
-			t.Fatal(err)
-		}
-	}
+	r := startRedisServer(t, args...)
 	s := &RedisServer{r: r, running: true}
 	t.Cleanup(func() {
 		if s.running {
