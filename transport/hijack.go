@@ -19,6 +19,7 @@ var ErrNotHijackable = errors.New("transport: connection cannot be hijacked")
 // nothing has happened and w is still usable.
 func Hijack(w http.ResponseWriter, status int) (nc net.Conn, head, buffered []byte, err error) {
 	rc := http.NewResponseController(w)
+	head = make([]byte, 0, 256) // a usual head in one allocation
 	head = append(head, "HTTP/1.1 "...)
 	head = strconv.AppendInt(head, int64(status), 10)
 	head = append(head, ' ')
@@ -51,9 +52,16 @@ func takeBuffered(r *bufio.Reader) []byte {
 	return append([]byte(nil), p...)
 }
 
+// headWriter collects a response head. As an io.StringWriter it spares
+// http.Header.Write a conversion (an allocation) per string it writes.
 type headWriter struct{ b []byte }
 
 func (h *headWriter) Write(p []byte) (int, error) {
 	h.b = append(h.b, p...)
 	return len(p), nil
+}
+
+func (h *headWriter) WriteString(s string) (int, error) {
+	h.b = append(h.b, s...)
+	return len(s), nil
 }

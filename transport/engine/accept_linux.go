@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -56,7 +57,7 @@ type serveJob struct {
 // handshake is a connection whose request head is still arriving.
 type handshake struct {
 	fd       int
-	remote   net.Addr
+	remote   netip.AddrPort
 	head     []byte
 	deadline time.Time
 }
@@ -253,7 +254,7 @@ func (a *acceptor) accept() {
 			}
 			return
 		}
-		remote := sockaddrToTCP(sa)
+		remote := sockaddrAddrPort(sa)
 		n, err := unix.Read(fd, a.buf)
 		switch {
 		case n > 0:
@@ -283,7 +284,7 @@ func (a *acceptor) readMore(h *handshake) {
 // received looks at what a connection has sent so far (data, which for a
 // waiting handshake h is h.head) and serves it, hands it to net/http or
 // waits for more.
-func (a *acceptor) received(h *handshake, fd int, remote net.Addr, data []byte) {
+func (a *acceptor) received(h *handshake, fd int, remote netip.AddrPort, data []byte) {
 	v, req, headLen := a.classify(data)
 	if v == needMore {
 		if h == nil {
@@ -344,10 +345,16 @@ func (a *acceptor) classify(data []byte) (verdict, *http.Request, int) {
 	if !a.ours(head) {
 		return handOff, nil, 0
 	}
-	a.hr.Reset(head)
-	a.br.Reset(&a.hr)
-	req, err := http.ReadRequest(a.br)
-	if err != nil || req.Method != http.MethodGet || req.ProtoMajor != 1 || req.ProtoMinor != 1 ||
+	req, ok := parseHead(head)
+	if !ok {
+		var err error
+		a.hr.Reset(head)
+		a.br.Reset(&a.hr)
+		if req, err = http.ReadRequest(a.br); err != nil {
+			return handOff, nil, 0
+		}
+	}
+	if req.Method != http.MethodGet || req.ProtoMajor != 1 || req.ProtoMinor != 1 ||
 		req.ContentLength != 0 || len(req.TransferEncoding) > 0 || !a.ourPath(req.URL.Path) ||
 		!validHost(req.Host) || hostHeaders(head) != 1 {
 		return handOff, nil, 0 // net/http answers what it makes of it (400 without one valid Host)
@@ -452,7 +459,7 @@ func (a *acceptor) ourPath(path string) bool {
 
 // park waits for the rest of a connection's request head. Past
 // maxHandshakes waiting, the connection goes to net/http instead.
-func (a *acceptor) park(fd int, remote net.Addr, data []byte) {
+func (a *acceptor) park(fd int, remote netip.AddrPort, data []byte) {
 	if len(a.pending) >= maxHandshakes {
 		a.handOff(fd, data)
 		return
@@ -539,21 +546,25 @@ func (a *acceptor) handOff(fd int, data []byte) {
 	}
 }
 
-func sockaddrToTCP(sa unix.Sockaddr) net.Addr {
+// sockaddrAddrPort is a peer's address as a value: it costs an
+// allocation only when a net.Addr or a string is asked of it. An
+// IPv4-mapped IPv6 address is unmapped, as net.IP prints it.
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
-	return &net.TCPAddr{}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
 }
 
 // rawConn is the connection a handler on the engine's path hijacks: the
 // socket, which only Attach may use (it takes it as it is) or Close.
 type rawConn struct {
-	fd            int // -1 once taken or closed
-	local, remote net.Addr
+	fd     int // -1 once taken or closed
+	local  net.Addr
+	remote netip.AddrPort
 }
 
 var errRawConn = errors.New("engine: this connection is the engine's: give it to Attach")
@@ -591,7 +602,7 @@ func (c *rawConn) Close() error {
 }
 
 func (c *rawConn) LocalAddr() net.Addr              { return c.local }
-func (c *rawConn) RemoteAddr() net.Addr             { return c.remote }
+func (c *rawConn) RemoteAddr() net.Addr             { return net.TCPAddrFromAddrPort(c.remote) }
 func (c *rawConn) SetDeadline(time.Time) error      { return nil }
 func (c *rawConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *rawConn) SetWriteDeadline(time.Time) error { return nil }

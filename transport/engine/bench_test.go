@@ -289,3 +289,75 @@ func BenchmarkDelivery(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHandshake opens SSE connections one after another: connect,
+// send the request, read the response head and the stream's two opening
+// events, close, while one other subscriber stays on the same channels.
+// It reports the server's allocations and heap bytes per
+// connection, and the process's CPU time per connection (the raw-socket
+// client's system calls included).
+func BenchmarkHandshake(b *testing.B) {
+	for _, m := range modes {
+		b.Run("mode="+m.name, func(b *testing.B) {
+			s := startServer(b, m, options{})
+			sa, err := sockaddr(s.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := []byte("GET /v1/sse?channel=thread:42&channel=forum:tech HTTP/1.1\r\nHost: " + s.addr +
+				"\r\nUser-Agent: bench\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n")
+			buf := make([]byte, 4096)
+			handshake := func() {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					b.Fatalf("socket: %v", err)
+				}
+				defer unix.Close(fd)
+				if err := unix.Connect(fd, sa); err != nil {
+					b.Fatalf("connect: %v", err)
+				}
+				if _, err := unix.Write(fd, req); err != nil {
+					b.Fatalf("write: %v", err)
+				}
+				// The head ends with "\r\n\r\n"; each of the two events
+				// with "\n\n".
+				events, prev := 0, byte(0)
+				for events < 2 {
+					n, err := unix.Read(fd, buf)
+					if n <= 0 {
+						b.Fatalf("read: %d %v (after %d events)", n, err, events)
+					}
+					for _, c := range buf[:n] {
+						if c == '\n' && prev == '\n' {
+							events++
+						}
+						prev = c
+					}
+				}
+			}
+			// One subscriber stays on the channels, as in a storm of
+			// subscribers to channels in use.
+			rawSSE(b, s, "channel=thread:42&channel=forum:tech", 1)
+			for range 200 { // warm the pools and the heap
+				handshake()
+			}
+			s.waitEngineConns(b, 1)
+			m0 := memStats()
+			var r0, r1 unix.Rusage
+			_ = unix.Getrusage(unix.RUSAGE_SELF, &r0)
+			b.ResetTimer()
+			for range b.N {
+				handshake()
+			}
+			s.waitEngineConns(b, 1)
+			b.StopTimer()
+			_ = unix.Getrusage(unix.RUSAGE_SELF, &r1)
+			var m1 runtime.MemStats
+			runtime.ReadMemStats(&m1)
+			cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
+			b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(b.N), "allocs/conn")
+			b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/float64(b.N), "B/conn")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/conn")
+		})
+	}
+}

@@ -64,6 +64,9 @@ func startListenServerWith(t *testing.T, headerTimeout time.Duration, workers in
 		w.Write(b)
 	})
 	mux.HandleFunc("/v1/panic", func(http.ResponseWriter, *http.Request) { panic("handler bug") })
+	mux.HandleFunc("/v1/whoami", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s|%s|%s|%v", r.RemoteAddr, r.Host, r.URL.Query().Get("q"), r.Header.Get("X-Name"), r.Header["Host"])
+	})
 	mux.HandleFunc("/v1/block", func(w http.ResponseWriter, _ *http.Request) {
 		<-block
 		io.WriteString(w, "unblocked")
@@ -78,7 +81,7 @@ func startListenServerWith(t *testing.T, headerTimeout time.Duration, workers in
 	}
 	srv.Listener = e.Listen(srv.Listener, engine.ListenConfig{
 		Handler:       mux,
-		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/panic", "/v1/block"},
+		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/panic", "/v1/block", "/v1/whoami"},
 		HeaderTimeout: headerTimeout,
 		Workers:       workers,
 	})
@@ -225,6 +228,32 @@ func TestListenErrorResponse(t *testing.T) {
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("after the response: %v, want EOF", err)
+	}
+	if n := s.netHTTP.Load(); n != 0 {
+		t.Fatalf("net/http saw %d connections, want 0", n)
+	}
+}
+
+// TestListenRequest: a handler on the engine's path gets the request
+// net/http would give it — the client's address, the host, the query and
+// the headers (without Host, as net/http leaves it) — whether the
+// engine's own parser reads the head or http.ReadRequest does (a folded
+// header line is beyond the former).
+func TestListenRequest(t *testing.T) {
+	s := startListenServer(t, 0)
+	for _, head := range []string{
+		"GET /v1/whoami?q=a%20b HTTP/1.1\r\nHost: example.com\r\nx-name:  Ann \r\n\r\n",
+		"GET /v1/whoami?q=a%20b HTTP/1.1\r\nHost: example.com\r\nX-Name: Ann\r\nX-Folded: a\r\n b\r\n\r\n",
+	} {
+		nc, br := s.request(t, head)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if want := nc.LocalAddr().String() + "|example.com|a b|Ann|[]"; string(body) != want {
+			t.Errorf("for %q the handler saw %q, want %q", head, body, want)
+		}
 	}
 	if n := s.netHTTP.Load(); n != 0 {
 		t.Fatalf("net/http saw %d connections, want 0", n)
