@@ -41,7 +41,7 @@ func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (
 			return req, false
 		}
 	}
-	raw := r.Header.Get("Last-Event-ID")
+	raw := r.Header.Get("Last-Event-Id") // Last-Event-ID, canonically spelled: no conversion
 	if raw == "" {
 		raw = q.Get("cursor")
 	}

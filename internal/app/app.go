@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +70,7 @@ type App struct {
 	cluster *clusterParts
 	ws      *ws.Handler
 	handler http.Handler
+	streams map[string]http.Handler // the paths the engine serves itself, and their handlers
 
 	draining atomic.Bool // set when Shutdown begins; /readyz answers 503
 
@@ -192,23 +195,41 @@ func New(cfg config.Config, log *slog.Logger, opts ...Option) (*App, error) {
 	mux := http.NewServeMux()
 	apiHandler.Register(mux)
 	// Transports check the method themselves (405 JSON with Allow: GET).
-	mux.Handle("/v1/sse", sse.New(h, sse.Config{
-		Heartbeat:    cfg.SSE.Heartbeat,
-		Retry:        cfg.SSE.Retry,
-		WriteTimeout: cfg.WriteTimeout,
-		WriteDelay:   cfg.WriteDelay,
-		Engine:       eng,
-	}))
-	mux.Handle("/v1/ws", a.ws)
+	a.streams = map[string]http.Handler{
+		"/v1/sse": sse.New(h, sse.Config{
+			Heartbeat:    cfg.SSE.Heartbeat,
+			Retry:        cfg.SSE.Retry,
+			WriteTimeout: cfg.WriteTimeout,
+			WriteDelay:   cfg.WriteDelay,
+			Engine:       eng,
+		}),
+		"/v1/ws": a.ws,
+		"/v1/iframe": iframe.New(h, iframe.Config{
+			Heartbeat:    cfg.Iframe.Heartbeat,
+			WriteTimeout: cfg.WriteTimeout,
+			WriteDelay:   cfg.WriteDelay,
+			Engine:       eng,
+		}),
+	}
+	for path, sh := range a.streams {
+		mux.Handle(path, sh)
+	}
 	mux.Handle("/v1/poll", poll.New(h, poll.Config{Timeout: cfg.Poll.Timeout}))
-	mux.Handle("/v1/iframe", iframe.New(h, iframe.Config{
-		Heartbeat:    cfg.Iframe.Heartbeat,
-		WriteTimeout: cfg.WriteTimeout,
-		WriteDelay:   cfg.WriteDelay,
-		Engine:       eng,
-	}))
 	a.handler = api.JSONErrors(mux)
 	return a, nil
+}
+
+// engineHandler serves the requests the engine accepts itself: GETs for
+// exactly one of the stream paths, which the mux routes to a.streams, so
+// they go there straight, without two walks of the mux's routing tree
+// (JSONErrors' and the mux's) per subscribe.
+func (a *App) engineHandler(w http.ResponseWriter, r *http.Request) {
+	if sh := a.streams[r.URL.Path]; sh != nil {
+		r.Pattern = r.URL.Path // as the mux would set it
+		sh.ServeHTTP(w, r)
+		return
+	}
+	a.handler.ServeHTTP(w, r)
 }
 
 // Handler returns the server's HTTP handler: the API (/v1/publish…,
@@ -249,8 +270,8 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	// The engine accepts the connections and serves the subscribe
 	// handshakes itself; net/http gets the rest.
 	lc := engine.ListenConfig{
-		Handler:       a.handler,
-		Paths:         []string{"/v1/sse", "/v1/ws", "/v1/iframe"},
+		Handler:       http.HandlerFunc(a.engineHandler),
+		Paths:         slices.Sorted(maps.Keys(a.streams)),
 		HeaderTimeout: a.readHeaderTimeout,
 		Logger:        a.log,
 	}

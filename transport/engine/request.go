@@ -134,7 +134,21 @@ func canonicalCopy(k string) string {
 		}
 		upper = c == '-'
 	}
+	if k, ok := commonKeys[string(b)]; ok { // a lookup that does not allocate
+		return k
+	}
 	return string(b)
+}
+
+// commonKeys are header names browsers send in another spelling than
+// the canonical one, kept so that reading them allocates nothing.
+var commonKeys = map[string]string{}
+
+func init() {
+	for _, k := range []string{"Last-Event-Id", "Sec-Websocket-Key", "Sec-Websocket-Version",
+		"Sec-Websocket-Extensions", "Sec-Websocket-Protocol"} {
+		commonKeys[k] = k
+	}
 }
 
 // hasToken reports whether a comma-separated header (such as Connection)

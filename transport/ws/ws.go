@@ -115,12 +115,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest, "expected a WebSocket upgrade request")
 		return
 	}
-	if r.Header.Get("Sec-WebSocket-Version") != "13" {
-		w.Header().Set("Sec-WebSocket-Version", "13")
+	// Header names in their canonical spelling (as net/http stores and
+	// writes them) spare a conversion per lookup.
+	if r.Header.Get("Sec-Websocket-Version") != "13" {
+		w.Header().Set("Sec-Websocket-Version", "13")
 		httpx.Error(w, http.StatusUpgradeRequired, httpx.CodeInvalidRequest, "unsupported WebSocket version: want 13")
 		return
 	}
-	key := r.Header.Get("Sec-WebSocket-Key")
+	key := r.Header.Get("Sec-Websocket-Key")
 	if k, err := base64.StdEncoding.DecodeString(key); err != nil || len(k) != 16 {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidRequest, "Sec-WebSocket-Key must be 16 bytes in base64")
 		return
@@ -147,7 +149,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd := w.Header()
 	hd.Set("Upgrade", "websocket")
 	hd.Set("Connection", "Upgrade")
-	hd.Set("Sec-WebSocket-Accept", wsframe.AcceptKey(key))
+	hd.Set("Sec-Websocket-Accept", wsframe.AcceptKey(key))
 	nc, head, buffered, err := transport.Hijack(w, http.StatusSwitchingProtocols)
 	if err != nil {
 		sess.Close(hub.DisconnectBadRequest)
