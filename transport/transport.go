@@ -6,6 +6,7 @@ package transport
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/internal/httpx"
@@ -23,6 +24,10 @@ type Request struct {
 // a browser's EventSource reconnects to the same URL — with the cursor= it
 // started from — adding Last-Event-ID with where it really is. On error it
 // has written the HTTP error and returns false.
+//
+// The Request keeps none of r's memory: it lives as long as the session,
+// and r's strings may all be parts of one allocation holding the whole
+// request head (the engine's parser reads it so).
 func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (Request, bool) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
@@ -35,17 +40,18 @@ func ParseRequest(w http.ResponseWriter, r *http.Request, requireChannel bool) (
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidChannel, "at least one channel= parameter is required")
 		return req, false
 	}
-	for _, ch := range req.Channels {
+	for i, ch := range req.Channels {
 		if !hub.ValidChannel(ch) {
 			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidChannel, "invalid channel name: "+quote(ch))
 			return req, false
 		}
+		req.Channels[i] = strings.Clone(ch)
 	}
 	raw := r.Header.Get("Last-Event-Id") // Last-Event-ID, canonically spelled: no conversion
 	if raw == "" {
 		raw = q.Get("cursor")
 	}
-	c, err := hub.ParseCursor(raw)
+	c, err := hub.ParseCursor(strings.Clone(raw))
 	if err != nil {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidCursor, "cursor does not parse: expected channel@epoch:offset entries joined by ','")
 		return req, false

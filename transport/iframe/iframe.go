@@ -7,6 +7,7 @@ package iframe
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/hub"
@@ -63,7 +64,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	callback := DefaultCallback
 	if q := r.URL.Query(); q.Has("callback") {
-		callback = q.Get("callback")
+		callback = strings.Clone(q.Get("callback")) // kept for the session, not the request head with it
 		if !httpx.ValidCallback(callback) {
 			httpx.Error(w, http.StatusBadRequest, httpx.CodeInvalidCallback,
 				"callback must be a JavaScript identifier path such as parent.herald")
