@@ -436,7 +436,7 @@ func hasBareLF(data []byte) bool {
 }
 
 // ours reports whether a request head's first line asks for one of the
-// engine's paths with GET. http.ReadRequest checks the rest.
+// engine's paths with GET. parseHead (or http.ReadRequest) checks the rest.
 func (a *acceptor) ours(head []byte) bool {
 	line, _, _ := bytes.Cut(head, []byte("\r\n"))
 	target, ok := bytes.CutPrefix(line, []byte("GET "))
