@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strings"
 )
@@ -46,7 +47,7 @@ func parseHead(head []byte) (*http.Request, bool) {
 		if !ok || !simpleKey(k) || !simpleValue(v) {
 			return nil, false
 		}
-		k = canonicalKey(k)
+		k = textproto.CanonicalMIMEHeaderKey(k) // no allocation for a name already canonical
 		v = strings.Trim(v, " \t")
 		if vv := h[k]; vv != nil {
 			h[k] = append(vv, v) // a repeated header: a copy, as textproto makes
@@ -83,7 +84,7 @@ func parseHead(head []byte) (*http.Request, bool) {
 }
 
 // simpleKey reports whether k is a non-empty header name of letters,
-// digits and hyphens, the names canonicalKey rewrites as textproto does.
+// digits and hyphens, the names textproto canonicalises.
 func simpleKey(k string) bool {
 	if k == "" {
 		return false
@@ -105,50 +106,6 @@ func simpleValue(v string) bool {
 		}
 	}
 	return true
-}
-
-// canonicalKey is textproto.CanonicalMIMEHeaderKey for a simpleKey: upper
-// case at the start and after each hyphen, lower case elsewhere. A key
-// already in that form is returned as it is, without allocating.
-func canonicalKey(k string) string {
-	upper := true
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
-			return canonicalCopy(k)
-		}
-		upper = c == '-'
-	}
-	return k
-}
-
-func canonicalCopy(k string) string {
-	b := []byte(k)
-	upper := true
-	for i, c := range b {
-		switch {
-		case upper && 'a' <= c && c <= 'z':
-			b[i] = c - ('a' - 'A')
-		case !upper && 'A' <= c && c <= 'Z':
-			b[i] = c + ('a' - 'A')
-		}
-		upper = c == '-'
-	}
-	if k, ok := commonKeys[string(b)]; ok { // a lookup that does not allocate
-		return k
-	}
-	return string(b)
-}
-
-// commonKeys are header names browsers send in another spelling than
-// the canonical one, kept so that reading them allocates nothing.
-var commonKeys = map[string]string{}
-
-func init() {
-	for _, k := range []string{"Last-Event-Id", "Sec-Websocket-Key", "Sec-Websocket-Version",
-		"Sec-Websocket-Extensions", "Sec-Websocket-Protocol"} {
-		commonKeys[k] = k
-	}
 }
 
 // hasToken reports whether a comma-separated header (such as Connection)
