@@ -372,6 +372,9 @@ func TestStatus(t *testing.T) {
 	if st.Channels != 3 || st.Subscribers != 4 || st.Published != 6 {
 		t.Fatalf("figures %+v", st)
 	}
+	if h := st.History; h == nil || h.Messages != 6 || h.Channels < 2 || h.Bytes <= 0 || h.MaxBytes != 512<<20 || h.Trimmed != 0 {
+		t.Fatalf("history %+v", st.History)
+	}
 	var msgs []string
 	testutil.Eventually(t, 2*time.Second, func() error {
 		collect(sub1, &msgs)
@@ -439,6 +442,8 @@ func TestMetrics(t *testing.T) {
 		`herald_connections{transport="ws"} 0`,
 		"herald_channels 1",
 		"herald_subscribers 1",
+		"herald_history_messages 2",
+		"herald_history_trimmed_total 0",
 		`herald_build_info{version="9.9.9"} 1`,
 		"# TYPE herald_published_total counter",
 		"go_goroutines ",

@@ -30,6 +30,8 @@ type hubCollector struct {
 	connections, channels, subscribers  *prometheus.Desc
 	idempotencyKeys, uptime             *prometheus.Desc
 	sequenced, fills                    *prometheus.Desc
+	historyMessages, historyBytes       *prometheus.Desc
+	historyTrimmed                      *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*hubCollector)(nil)
@@ -51,14 +53,18 @@ func newHubCollector(stats func() hub.Stats) *hubCollector {
 		uptime:          d("herald_uptime_seconds", "Seconds since the hub started."),
 		sequenced: d("herald_sequencer_messages_total",
 			"With a networked broker: messages held back behind a missing one (held), read from history to fill a hole (filled), given up as gone from history (skipped).", "event"),
-		fills: d("herald_sequencer_fills_total", "With a networked broker: history reads to fill holes in a channel's messages."),
+		fills:           d("herald_sequencer_fills_total", "With a networked broker: history reads to fill holes in a channel's messages."),
+		historyMessages: d("herald_history_messages", "With the in-memory history: messages retained."),
+		historyBytes:    d("herald_history_bytes", "With the in-memory history: what the retained messages count for against limits.max_history_bytes."),
+		historyTrimmed:  d("herald_history_trimmed_total", "With the in-memory history: messages dropped for limits.max_history_bytes before their size or TTL would have dropped them."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.published, c.delivered, c.dropped, c.slow,
-		c.connections, c.channels, c.subscribers, c.idempotencyKeys, c.uptime, c.sequenced, c.fills} {
+		c.connections, c.channels, c.subscribers, c.idempotencyKeys, c.uptime, c.sequenced, c.fills,
+		c.historyMessages, c.historyBytes, c.historyTrimmed} {
 		ch <- d
 	}
 }
@@ -96,6 +102,11 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.sequenced, prometheus.CounterValue, float64(e.n), e.event)
 	}
 	counter(c.fills, st.Sequencer.Fills)
+	if hs := st.History; hs != nil {
+		gauge(c.historyMessages, float64(hs.Messages))
+		gauge(c.historyBytes, float64(hs.Bytes))
+		counter(c.historyTrimmed, hs.Trimmed)
+	}
 }
 
 // newMetricsHandler builds the API's own registry (so that several servers

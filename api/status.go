@@ -34,6 +34,10 @@ type Status struct {
 	Dropped         uint64      `json:"dropped"`
 	SlowConsumers   uint64      `json:"slow_consumers"`
 	IdempotencyKeys int         `json:"idempotency_keys"`
+	// History is present with the in-memory history: channels known,
+	// messages retained, their bytes against limits.max_history_bytes,
+	// and messages trimmed for that limit.
+	History *hub.MemoryHistoryStats `json:"history,omitempty"`
 	// Engine is present when connections run on the engine.
 	Engine *EngineStatus `json:"engine,omitempty"`
 	// Node is this node's id; Cluster lists the nodes heard from through
@@ -134,6 +138,7 @@ func (a *API) summary(ctx context.Context) Status {
 		Dropped:         st.Dropped,
 		SlowConsumers:   st.SlowConsumers,
 		IdempotencyKeys: st.IdempotencyKeys,
+		History:         st.History,
 	}
 }
 

@@ -56,6 +56,12 @@ type Config struct {
 	// Nodes with a store each would number them apart, and their
 	// subscribers would see other nodes' messages as gaps.
 	History History
+	// HistoryMaxBytes caps the memory of the in-memory history (when
+	// History is nil), all channels together: past it the oldest messages
+	// go first, as if their TTL had passed (see NewMemoryHistoryLimit).
+	// Zero means 512 MiB; negative means no cap beyond each channel's
+	// history size and TTL.
+	HistoryMaxBytes int64
 	// Default applies to channels whose namespace is not in Namespaces.
 	Default NamespaceConfig
 	// Namespaces overrides settings by namespace (the part of a channel
@@ -117,6 +123,9 @@ func (c Config) Defaults() Config {
 	setDefault(&c.MaxQueueBytes, 1<<20)
 	setDefault(&c.MaxMessageBytes, 64<<10)
 	setDefault(&c.MaxChannelsPerPublish, 64)
+	if c.HistoryMaxBytes == 0 {
+		c.HistoryMaxBytes = 512 << 20
+	}
 	setDefault(&c.IdempotencyMaxKeys, 100_000)
 	setDefault(&c.IdempotencyWindow, 5*time.Minute)
 	setDefault(&c.SweepInterval, 30*time.Second)
@@ -190,7 +199,7 @@ func New(cfg Config) (*Hub, error) {
 		h.broker = memory.New()
 	}
 	if h.history == nil {
-		h.history = NewMemoryHistory()
+		h.history = NewMemoryHistoryLimit(cfg.HistoryMaxBytes)
 	}
 	h.nodes.nodes = make(map[string]NodeInfo)
 	if _, local := h.broker.(*memory.Broker); !local {
@@ -467,6 +476,8 @@ type Stats struct {
 	Dropped         uint64
 	SlowConsumers   uint64
 	IdempotencyKeys int
+	// History is the in-memory history's figures; nil with another store.
+	History *MemoryHistoryStats
 	// Sequencer is what the node's sequencer did with a networked broker
 	// (zero otherwise).
 	Sequencer SequencerStats
@@ -492,6 +503,10 @@ func (h *Hub) Stats() Stats {
 		Dropped:         h.stats.dropped.Load(),
 		SlowConsumers:   h.stats.slowConsumers.Load(),
 		IdempotencyKeys: h.idem.len(),
+	}
+	if mh, ok := h.history.(*MemoryHistory); ok {
+		hs := mh.Stats()
+		st.History = &hs
 	}
 	if r := h.remote; r != nil {
 		st.Sequencer = SequencerStats{Held: r.held.Load(), Fills: r.fills.Load(), Filled: r.filled.Load(), Skipped: r.skipped.Load()}

@@ -287,6 +287,13 @@ type LimitsConfig struct {
 	MaxQueueBytes int `yaml:"max_queue_bytes"`
 	// MaxChannelsPerPublish caps the channels of one publish. Zero means 64.
 	MaxChannelsPerPublish int `yaml:"max_channels_per_publish"`
+	// MaxHistoryBytes caps the memory of the in-memory history (history:
+	// memory), all channels together: past it the oldest messages go
+	// first, as if their TTL had passed. It is shared out over 64 parts of
+	// the channel space, so one channel can use a 64th of it. Zero means
+	// 536870912 (512 MiB); negative means no cap beyond each channel's
+	// history size and TTL.
+	MaxHistoryBytes int `yaml:"max_history_bytes"`
 }
 
 // NamespaceConfig holds the settings of one channel namespace.
@@ -323,6 +330,7 @@ const (
 	DefaultMaxMessageBytes          = 64 << 10
 	DefaultMaxQueueBytes            = 1 << 20
 	DefaultMaxChannelsPerPublish    = 64
+	DefaultMaxHistoryBytes          = 512 << 20
 	DefaultHistorySize              = 100
 	DefaultHistoryTTL               = 10 * time.Minute
 )
@@ -360,6 +368,7 @@ func (c Config) Defaults() Config {
 	setDefault(&c.Limits.MaxMessageBytes, DefaultMaxMessageBytes)
 	setDefault(&c.Limits.MaxQueueBytes, DefaultMaxQueueBytes)
 	setDefault(&c.Limits.MaxChannelsPerPublish, DefaultMaxChannelsPerPublish)
+	setDefault(&c.Limits.MaxHistoryBytes, DefaultMaxHistoryBytes)
 	setDefault(&c.DefaultNamespace.HistorySize, DefaultHistorySize)
 	setDefault(&c.DefaultNamespace.HistoryTTL, DefaultHistoryTTL)
 	if len(c.Pipelines) == 0 {
@@ -573,6 +582,11 @@ func (c Config) Validate() error {
 	// subscriber of a large message would be cut off as a slow consumer.
 	if c.Limits.MaxMessageBytes > 0 {
 		atLeast("limits.max_queue_bytes", c.Limits.MaxQueueBytes, c.Limits.MaxMessageBytes+queueOverhead)
+		// Each 64th of the history holds at least one message of the
+		// largest size (its data, envelope and SSE frame).
+		if c.Limits.MaxHistoryBytes > 0 {
+			atLeast("limits.max_history_bytes", c.Limits.MaxHistoryBytes, 64*(3*c.Limits.MaxMessageBytes+1024))
+		}
 	}
 
 	checkNS := func(key string, n NamespaceConfig) {
@@ -636,6 +650,7 @@ func (c Config) HubConfig(log *slog.Logger) hub.Config {
 		MaxQueueBytes:         c.Limits.MaxQueueBytes,
 		MaxMessageBytes:       c.Limits.MaxMessageBytes,
 		MaxChannelsPerPublish: c.Limits.MaxChannelsPerPublish,
+		HistoryMaxBytes:       int64(c.Limits.MaxHistoryBytes),
 		IdempotencyWindow:     c.IdempotencyWindow,
 		NodeID:                c.NodeID,
 		Logger:                log,

@@ -34,7 +34,7 @@ func TestDefaults(t *testing.T) {
 		Poll:   PollConfig{Timeout: 30 * time.Second},
 		Limits: LimitsConfig{
 			MaxConnections: 100000, MaxChannelsPerConnection: 32, MaxMessageBytes: 65536,
-			MaxQueueBytes: 1 << 20, MaxChannelsPerPublish: 64,
+			MaxQueueBytes: 1 << 20, MaxChannelsPerPublish: 64, MaxHistoryBytes: 512 << 20,
 		},
 		DefaultNamespace: NamespaceConfig{HistorySize: 100, HistoryTTL: 10 * time.Minute},
 		Pipelines:        []PipelineConfig{{Name: "public", Source: "events", Stages: DefaultStages()}},
@@ -43,7 +43,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
 	}
 	hc := c.HubConfig(nil)
-	if hc.MaxConnections != 100000 || hc.MaxChannelsPerSession != 32 || hc.Default.HistorySize != 100 {
+	if hc.MaxConnections != 100000 || hc.MaxChannelsPerSession != 32 || hc.Default.HistorySize != 100 || hc.HistoryMaxBytes != 512<<20 {
 		t.Fatalf("hub config: %+v", hc)
 	}
 }
@@ -240,6 +240,8 @@ func TestValidate(t *testing.T) {
 			c.WS.MaxMessageBytes = 10
 		}, []string{"max_connections_per_ip", "max_channels_per_connection", "max_channels_per_publish", "ws.max_message_bytes"}},
 		{"queue smaller than message", func(c *Config) { c.Limits.MaxQueueBytes = c.Limits.MaxMessageBytes }, []string{"max_queue_bytes"}},
+		{"history smaller than 64 messages", func(c *Config) { c.Limits.MaxHistoryBytes = 64 * c.Limits.MaxMessageBytes }, []string{"max_history_bytes"}},
+		{"no history cap", func(c *Config) { c.Limits.MaxHistoryBytes = -1 }, nil},
 		{"namespaces", func(c *Config) {
 			c.Namespaces = map[string]NamespaceConfig{"a:b": {}, "bad name": {}, "ok": {MaxSubscribers: -1}}
 		}, []string{`namespaces.a:b`, `namespaces.bad name`, "namespaces.ok.max_subscribers"}},
