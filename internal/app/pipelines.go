@@ -69,8 +69,9 @@ func (p *pipelines) history(ctx context.Context, cfg config.Config) (*jshistory.
 // of cfg.
 func (p *pipelines) openQueue(ctx context.Context, cfg config.Config, h *hub.Hub, log *slog.Logger) (err error) {
 	p.queue, err = jetstream.Open(ctx, p.nc, jetstream.Config{
-		MaxAge:   cfg.Queue.MaxAge,
-		MaxBytes: int64(cfg.Queue.MaxBytes),
+		MaxAge:     cfg.Queue.MaxAge,
+		MaxBytes:   int64(cfg.Queue.MaxBytes),
+		DoneMaxAge: cfg.Queue.DoneMaxAge,
 	})
 	if err != nil {
 		return err

@@ -177,6 +177,12 @@ type QueueConfig struct {
 	// AckWait is how long a claimed event may go unacknowledged before it
 	// is delivered again. Zero means 30s.
 	AckWait time.Duration `yaml:"ack_wait"`
+	// DoneMaxAge is how long a pipeline remembers a finished event, so
+	// that one delivered again (after a crash, or resent by the
+	// application after the 2-minute duplicate window) is not published
+	// twice. Each remembered event costs JetStream ~150 bytes of memory.
+	// Zero means 1h.
+	DoneMaxAge time.Duration `yaml:"done_max_age"`
 }
 
 // EventsConfig configures POST /v1/events.
@@ -462,6 +468,14 @@ func (c Config) Validate() error {
 	}{{"queue.max_bytes", c.Queue.MaxBytes}, {"events.max_event_bytes", c.Events.MaxEventBytes}, {"events.max_batch", c.Events.MaxBatch}} {
 		if n.v < 0 {
 			bad(n.key, "must not be negative, got %d", n.v)
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"queue.max_age", c.Queue.MaxAge}, {"queue.ack_wait", c.Queue.AckWait}, {"queue.done_max_age", c.Queue.DoneMaxAge}} {
+		if d.v < 0 {
+			bad(d.key, "must not be negative, got %v", d.v)
 		}
 	}
 	sources := map[string]bool{DefaultSource: true}

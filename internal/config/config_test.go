@@ -242,6 +242,8 @@ func TestValidate(t *testing.T) {
 		{"queue smaller than message", func(c *Config) { c.Limits.MaxQueueBytes = c.Limits.MaxMessageBytes }, []string{"max_queue_bytes"}},
 		{"history smaller than 64 messages", func(c *Config) { c.Limits.MaxHistoryBytes = 64 * c.Limits.MaxMessageBytes }, []string{"max_history_bytes"}},
 		{"no history cap", func(c *Config) { c.Limits.MaxHistoryBytes = -1 }, nil},
+		{"queue durations", func(c *Config) { c.Queue.MaxAge, c.Queue.AckWait, c.Queue.DoneMaxAge = -1, -time.Second, -time.Hour },
+			[]string{"queue.max_age", "queue.ack_wait", "queue.done_max_age"}},
 		{"namespaces", func(c *Config) {
 			c.Namespaces = map[string]NamespaceConfig{"a:b": {}, "bad name": {}, "ok": {MaxSubscribers: -1}}
 		}, []string{`namespaces.a:b`, `namespaces.bad name`, "namespaces.ok.max_subscribers"}},

@@ -46,6 +46,15 @@ type Config struct {
 	// Duplicates is the window within which an event ID is stored once.
 	// Zero means 2 minutes.
 	Duplicates time.Duration
+	// DoneMaxAge is how long the DoneStore remembers a finished event.
+	// A mark is needed while the event can come back: after a crash, until
+	// the restarted pipeline has had it redelivered (AckWait after the
+	// restart), or when an application resends its id after the
+	// Duplicates window. Every finished event holds a key in JetStream's
+	// memory for this long (on the order of 150 bytes), so 1000 events/s
+	// for an hour hold about 0.5 GB: keep it short at high rates. Zero
+	// means 1h (capped at MaxAge).
+	DoneMaxAge time.Duration
 	// Replicas is the streams' replica count on a cluster. Zero means 1.
 	Replicas int
 }
@@ -68,6 +77,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
+	}
+	if c.DoneMaxAge <= 0 {
+		c.DoneMaxAge = min(time.Hour, c.MaxAge)
 	}
 	return c
 }
@@ -164,7 +176,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	q.done, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      cfg.Prefix + "_done",
 		Description: "Herald: events the pipelines finished (DoneStore)",
-		TTL:         cfg.MaxAge, // as long as an event can be redelivered
+		TTL:         cfg.DoneMaxAge,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	})

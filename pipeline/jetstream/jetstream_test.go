@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/pipeline"
 	"github.com/heraldhq/herald/pipeline/jetstream"
@@ -52,4 +53,48 @@ func TestConformance(t *testing.T) {
 			},
 		}
 	})
+}
+
+// TestDoneMaxAge: the bucket of finished events keeps them for
+// DoneMaxAge, by default an hour, never longer than the events themselves.
+func TestDoneMaxAge(t *testing.T) {
+	ns, err := jetstream.Embedded(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := jetstream.ConnectEmbedded(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		cfg  jetstream.Config
+		want time.Duration
+	}{
+		{jetstream.Config{}, time.Hour},
+		{jetstream.Config{DoneMaxAge: 5 * time.Minute}, 5 * time.Minute},
+		{jetstream.Config{MaxAge: 10 * time.Minute}, 10 * time.Minute},
+	} {
+		if _, err := jetstream.Open(ctx, nc, tc.cfg); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := js.KeyValue(ctx, "herald_done")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TTL() != tc.want {
+			t.Errorf("Open(%+v): done bucket TTL %v, want %v", tc.cfg, st.TTL(), tc.want)
+		}
+	}
 }
