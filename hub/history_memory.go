@@ -91,9 +91,21 @@ func newEpoch() string {
 const historyOverhead = 256
 
 // historySize is what m counts for against the byte limit: its data, its
-// envelope and the SSE frame built from it, and the overhead.
+// envelope and the SSE frame built from it, and the overhead. It is an
+// estimate: it counts lengths, not the capacity behind them, and the SSE
+// frame whether or not an SSE subscriber had it built.
 func historySize(m *Message) int64 {
 	return int64(len(m.Data) + 2*len(m.Envelope) + len(m.Key) + historyOverhead)
+}
+
+// MinHistoryBytes is the smallest limit for NewMemoryHistoryLimit under
+// which every 64th of the history can hold one message of maxDataBytes of
+// data (with the longest channel name, type and an idempotency key of up
+// to 256 bytes). A message that does not fit its 64th is not retained:
+// its channel's history restarts after it.
+func MinHistoryBytes(maxDataBytes int) int64 {
+	const envelope = 600 // the envelope's fixed text, longest channel, type, epoch, offset and time
+	return historyShards * (3*int64(maxDataBytes) + 2*envelope + 256 + historyOverhead)
 }
 
 // get returns the channel's ring, creating it. s.mu must be held.
@@ -200,6 +212,18 @@ func (h *MemoryHistory) Append(_ context.Context, m *Message, opts HistoryOption
 		return nil
 	}
 	s.expire(r, now, opts.TTL)
+	if h.shardBytes > 0 && historySize(m) > h.shardBytes {
+		// It alone is over the shard's limit. A ring holds an unbroken run
+		// of offsets up to its head, so the channel keeps nothing before it
+		// either, rather than the shard losing everything else.
+		for r.n > 0 {
+			s.dropOldest(r)
+			s.trimmed++
+		}
+		r.buf, r.start = nil, 0
+		s.trimmed++
+		return nil
+	}
 	s.makeRoom(r, opts.Size)
 	r.buf[(r.start+r.n)%len(r.buf)] = m
 	r.n++

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,9 +38,10 @@ func checkHistoryRandomly(t *testing.T, limit int64, rng *rand.Rand) {
 		chans[i] = fmt.Sprintf("c:%d", i)
 	}
 	sizes := []int{1, 3, 8, 100}
-	// Per shard, the messages appended in order: with no TTL and sizes
-	// large enough, what a limited shard retains must be their suffix.
-	appended := make(map[*historyShard][]*Message)
+	// With a limit, no TTL and sizes large enough, only the limit drops
+	// messages: model holds, per shard, what must then be retained,
+	// oldest first.
+	model := make(map[*historyShard][]*Message)
 	ttl := time.Duration(0)
 	if rng.IntN(2) == 0 {
 		ttl = 50 * time.Second
@@ -58,7 +60,9 @@ func checkHistoryRandomly(t *testing.T, limit int64, rng *rand.Rand) {
 				t.Fatal(err)
 			}
 			s := h.shard(ch)
-			appended[s] = append(appended[s], m)
+			if limit > 0 {
+				model[s] = modelAppend(model[s], m, h.shardBytes)
+			}
 			if r := s.channels[ch]; r.n > size || len(r.buf) > size {
 				t.Fatalf("step %d: %s holds %d messages in %d slots, size %d", step, ch, r.n, len(r.buf), size)
 			}
@@ -67,11 +71,31 @@ func checkHistoryRandomly(t *testing.T, limit int64, rng *rand.Rand) {
 		default:
 			h.Sweep(func(string) time.Duration { return ttl }, time.Minute, time.Minute, func(string) bool { return false })
 		}
-		checkHistoryShards(t, step, h, limit, ttl, appended)
+		checkHistoryShards(t, step, h, limit, ttl, model)
 	}
 }
 
-func checkHistoryShards(t *testing.T, step int, h *MemoryHistory, limit int64, ttl time.Duration, appended map[*historyShard][]*Message) {
+// modelAppend is what a shard holding msgs retains after m is appended
+// under limit, when nothing else drops messages: a message over the limit
+// is not retained and its channel keeps nothing before it; otherwise the
+// oldest messages go until the rest fit.
+func modelAppend(msgs []*Message, m *Message, limit int64) []*Message {
+	if historySize(m) > limit {
+		return slices.DeleteFunc(msgs, func(old *Message) bool { return old.Channel == m.Channel })
+	}
+	msgs = append(msgs, m)
+	var total int64
+	for _, old := range msgs {
+		total += historySize(old)
+	}
+	for total > limit {
+		total -= historySize(msgs[0])
+		msgs = msgs[1:]
+	}
+	return msgs
+}
+
+func checkHistoryShards(t *testing.T, step int, h *MemoryHistory, limit int64, ttl time.Duration, model map[*historyShard][]*Message) {
 	t.Helper()
 	for i := range h.shards {
 		s := &h.shards[i]
@@ -102,17 +126,9 @@ func checkHistoryShards(t *testing.T, step int, h *MemoryHistory, limit int64, t
 			t.Fatalf("step %d: shard %d keeps %d order entries for %d messages", step, i, len(s.order), s.retained)
 		}
 		if limit > 0 && ttl == 0 {
-			all := appended[s]
-			first := len(all) - len(kept)
-			if first > 0 && s.bytes+historySize(all[first-1]) <= h.shardBytes {
-				t.Fatalf("step %d: shard %d dropped message %d although it fits: %d + %d bytes, limit %d",
-					step, i, first-1, s.bytes, historySize(all[first-1]), h.shardBytes)
-			}
-			for j, m := range all {
-				if kept[m] != (j >= first) {
-					t.Fatalf("step %d: shard %d retains %d of %d messages but not the newest: message %d kept=%v",
-						step, i, len(kept), len(all), j, kept[m])
-				}
+			want := model[s]
+			if len(want) != len(kept) || slices.ContainsFunc(want, func(m *Message) bool { return !kept[m] }) {
+				t.Fatalf("step %d: shard %d retains %d messages, want the %d newest that fit", step, i, len(kept), len(want))
 			}
 		}
 	}
@@ -145,6 +161,50 @@ func TestMemoryHistoryLimitGap(t *testing.T) {
 	}
 	if msgs[0].Offset != uint64(20-got.Retained+1) {
 		t.Fatalf("oldest retained offset %d, want %d", msgs[0].Offset, 20-got.Retained+1)
+	}
+}
+
+// TestMemoryHistoryOversizeMessage: a message over its shard's part of
+// the limit is not retained and takes its channel's older messages with
+// it (a ring holds an unbroken run of offsets), but not the other
+// channels' in its shard.
+func TestMemoryHistoryOversizeMessage(t *testing.T) {
+	h := NewMemoryHistoryLimit(64 * 4000)
+	ctx := context.Background()
+	opts := HistoryOptions{Size: 100}
+	a := "a:0"
+	var b string
+	for i := 1; b == ""; i++ {
+		if c := fmt.Sprintf("b:%d", i); h.shard(c) == h.shard(a) {
+			b = c
+		}
+	}
+	msg := func(ch string, n int) *Message {
+		return &Message{Message: broker.Message{Channel: ch, Type: "t", Time: time.Now(), Data: []byte(`"` + strings.Repeat("x", n) + `"`)}}
+	}
+	for _, ch := range []string{a, a, b, b} {
+		if err := h.Append(ctx, msg(ch, 10), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := msg(a, 4000)
+	if err := h.Append(ctx, big, opts); err != nil {
+		t.Fatal(err)
+	}
+	if big.Offset != 3 || big.Envelope == nil {
+		t.Fatalf("the oversize message got offset %d (sealed: %v), want 3 and sealed: subscribers still get it live", big.Offset, big.Envelope != nil)
+	}
+	if got, _ := h.Inspect(a); got.Retained != 0 || got.Head != 3 {
+		t.Fatalf("%s after the oversize message: %+v, want head 3 and nothing retained", a, got)
+	}
+	if got, _ := h.Inspect(b); got.Retained != 2 {
+		t.Fatalf("%s, in the same shard: %+v, want its 2 messages kept", b, got)
+	}
+	if msgs, _, gap, _ := h.Since(ctx, a, Position{Epoch: big.Epoch, Offset: 1}, opts); !gap || len(msgs) != 0 {
+		t.Fatalf("Since(%s, 1) = %d messages, gap %v; want none and a gap", a, len(msgs), gap)
+	}
+	if st := h.Stats(); st.Trimmed != 3 || st.Messages != 2 {
+		t.Fatalf("stats %+v, want 3 trimmed (two older messages and the oversize one), 2 retained", st)
 	}
 }
 

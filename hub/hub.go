@@ -59,8 +59,9 @@ type Config struct {
 	// HistoryMaxBytes caps the memory of the in-memory history (when
 	// History is nil), all channels together: past it the oldest messages
 	// go first, as if their TTL had passed (see NewMemoryHistoryLimit).
-	// Zero means 512 MiB; negative means no cap beyond each channel's
-	// history size and TTL.
+	// Zero means 512 MiB, or MinHistoryBytes(MaxMessageBytes) if that is
+	// more; negative means no cap beyond each channel's history size and
+	// TTL.
 	HistoryMaxBytes int64
 	// Default applies to channels whose namespace is not in Namespaces.
 	Default NamespaceConfig
@@ -122,10 +123,10 @@ func (c Config) Defaults() Config {
 	setDefault(&c.MaxChannelsPerSession, 32)
 	setDefault(&c.MaxQueueBytes, 1<<20)
 	setDefault(&c.MaxMessageBytes, 64<<10)
-	setDefault(&c.MaxChannelsPerPublish, 64)
 	if c.HistoryMaxBytes == 0 {
-		c.HistoryMaxBytes = 512 << 20
+		c.HistoryMaxBytes = max(512<<20, MinHistoryBytes(c.MaxMessageBytes))
 	}
+	setDefault(&c.MaxChannelsPerPublish, 64)
 	setDefault(&c.IdempotencyMaxKeys, 100_000)
 	setDefault(&c.IdempotencyWindow, 5*time.Minute)
 	setDefault(&c.SweepInterval, 30*time.Second)

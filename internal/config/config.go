@@ -297,7 +297,8 @@ type LimitsConfig struct {
 	// memory), all channels together: past it the oldest messages go
 	// first, as if their TTL had passed. It is shared out over 64 parts of
 	// the channel space, so one channel can use a 64th of it. Zero means
-	// 536870912 (512 MiB); negative means no cap beyond each channel's
+	// 536870912 (512 MiB), or more if limits.max_message_bytes needs it
+	// (hub.MinHistoryBytes); negative means no cap beyond each channel's
 	// history size and TTL.
 	MaxHistoryBytes int `yaml:"max_history_bytes"`
 }
@@ -374,7 +375,8 @@ func (c Config) Defaults() Config {
 	setDefault(&c.Limits.MaxMessageBytes, DefaultMaxMessageBytes)
 	setDefault(&c.Limits.MaxQueueBytes, DefaultMaxQueueBytes)
 	setDefault(&c.Limits.MaxChannelsPerPublish, DefaultMaxChannelsPerPublish)
-	setDefault(&c.Limits.MaxHistoryBytes, DefaultMaxHistoryBytes)
+	// Larger when the largest message needs it (see hub.MinHistoryBytes).
+	setDefault(&c.Limits.MaxHistoryBytes, max(DefaultMaxHistoryBytes, int(hub.MinHistoryBytes(c.Limits.MaxMessageBytes))))
 	setDefault(&c.DefaultNamespace.HistorySize, DefaultHistorySize)
 	setDefault(&c.DefaultNamespace.HistoryTTL, DefaultHistoryTTL)
 	if len(c.Pipelines) == 0 {
@@ -596,10 +598,12 @@ func (c Config) Validate() error {
 	// subscriber of a large message would be cut off as a slow consumer.
 	if c.Limits.MaxMessageBytes > 0 {
 		atLeast("limits.max_queue_bytes", c.Limits.MaxQueueBytes, c.Limits.MaxMessageBytes+queueOverhead)
-		// Each 64th of the history holds at least one message of the
-		// largest size (its data, envelope and SSE frame).
-		if c.Limits.MaxHistoryBytes > 0 {
-			atLeast("limits.max_history_bytes", c.Limits.MaxHistoryBytes, 64*(3*c.Limits.MaxMessageBytes+1024))
+		// Each 64th of the in-memory history holds at least one message
+		// of the largest size.
+		if minimum := hub.MinHistoryBytes(c.Limits.MaxMessageBytes); c.History == "memory" &&
+			c.Limits.MaxHistoryBytes > 0 && int64(c.Limits.MaxHistoryBytes) < minimum {
+			bad("limits.max_history_bytes", "must be at least %d with limits.max_message_bytes %d, got %d",
+				minimum, c.Limits.MaxMessageBytes, c.Limits.MaxHistoryBytes)
 		}
 	}
 

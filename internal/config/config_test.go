@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/heraldhq/herald/hub"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -242,6 +244,10 @@ func TestValidate(t *testing.T) {
 		{"queue smaller than message", func(c *Config) { c.Limits.MaxQueueBytes = c.Limits.MaxMessageBytes }, []string{"max_queue_bytes"}},
 		{"history smaller than 64 messages", func(c *Config) { c.Limits.MaxHistoryBytes = 64 * c.Limits.MaxMessageBytes }, []string{"max_history_bytes"}},
 		{"no history cap", func(c *Config) { c.Limits.MaxHistoryBytes = -1 }, nil},
+		{"history cap of an unused memory history", func(c *Config) {
+			c.Limits.MaxMessageBytes, c.Limits.MaxQueueBytes, c.Limits.MaxHistoryBytes = 4<<20, 8<<20, 1<<20
+			c.Broker, c.History = "redis://127.0.0.1:6379", "redis"
+		}, nil},
 		{"queue durations", func(c *Config) { c.Queue.MaxAge, c.Queue.AckWait, c.Queue.DoneMaxAge = -1, -time.Second, -time.Hour },
 			[]string{"queue.max_age", "queue.ack_wait", "queue.done_max_age"}},
 		{"namespaces", func(c *Config) {
@@ -278,6 +284,23 @@ func TestValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHistoryCapFollowsMessageSize: with large messages allowed and no
+// history cap set, the default cap grows so that the configuration stays
+// valid and every part of the history holds the largest message.
+func TestHistoryCapFollowsMessageSize(t *testing.T) {
+	c := Config{Limits: LimitsConfig{MaxMessageBytes: 4 << 20, MaxQueueBytes: 8 << 20}}.Defaults()
+	if want := hub.MinHistoryBytes(4 << 20); int64(c.Limits.MaxHistoryBytes) != want || want <= DefaultMaxHistoryBytes {
+		t.Fatalf("max_history_bytes %d, want %d (above the default %d)", c.Limits.MaxHistoryBytes, want, DefaultMaxHistoryBytes)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.Limits.MaxHistoryBytes = DefaultMaxHistoryBytes
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "max_history_bytes") {
+		t.Fatalf("a cap below one largest message per part: %v", err)
 	}
 }
 
