@@ -67,6 +67,13 @@ const (
 	publishBatch     = 100
 	publishBlock     = time.Second
 	publishClaimIdle = 30 * time.Second // an entry a node took and never acknowledged goes to another after this
+	// A consumer of the group that has nothing pending and has not read for
+	// publishConsumerGone is a node that left (each node reads as its node
+	// id, and ids change with restarts): publishSweep removes it, so that
+	// the group does not collect a consumer per node start. A live node
+	// reads every publishBlock.
+	publishConsumerGone = time.Hour
+	publishSweep        = 10 * time.Minute
 )
 
 // serve starts taking publishes from the engine, once the hub runs.
@@ -138,7 +145,24 @@ func (p *clusterParts) readPublishStream(ctx context.Context, rdb goredis.Univer
 		}
 	}
 	ready := false
+	nextSweep := time.Now().Add(publishSweep)
+	defer func() {
+		// A node that stops with nothing pending leaves the group.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), engineTimeout)
+		defer cancel()
+		if _, err := removeGoneConsumers(sctx, rdb, consumer, 0, consumer); err != nil {
+			p.log.Debug("publish stream: leaving the consumer group failed", "err", err)
+		}
+	}()
 	for ctx.Err() == nil {
+		if ready && time.Now().After(nextSweep) {
+			nextSweep = time.Now().Add(publishSweep)
+			if gone, err := removeGoneConsumers(ctx, rdb, "", publishConsumerGone, consumer); err != nil {
+				p.log.Warn("publish stream: removing the consumers of nodes that left failed", "err", err)
+			} else if len(gone) > 0 {
+				p.log.Info("publish stream: removed the consumers of nodes that left", "consumers", gone)
+			}
+		}
 		if !ready {
 			err := rdb.XGroupCreateMkStream(ctx, PublishStream, publishGroup, "0").Err()
 			if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
@@ -173,6 +197,39 @@ func (p *clusterParts) readPublishStream(ctx context.Context, rdb goredis.Univer
 			}
 		}
 	}
+}
+
+// removeGoneConsumers deletes from the publish group the consumers with
+// nothing pending that have not read for longer than idle: only the one
+// named only, if only is not "", and never the one named keep, unless it
+// is only. Deleting a consumer drops its pending entries, so one with any
+// is kept: another node claims them after publishClaimIdle, and the
+// consumer goes at a later sweep. It returns the names deleted.
+//
+// Deleting can race only with a consumer reading at that instant, which a
+// consumer idle for idle does not (see the comment in the loop).
+func removeGoneConsumers(ctx context.Context, rdb goredis.UniversalClient, only string, idle time.Duration, keep string) ([]string, error) {
+	consumers, err := rdb.XInfoConsumers(ctx, PublishStream, publishGroup).Result()
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	for _, c := range consumers {
+		switch {
+		case only != "" && c.Name != only, only == "" && c.Name == keep, c.Pending > 0, c.Idle < idle:
+			continue
+		}
+		// XGROUP DELCONSUMER drops what the consumer holds from the
+		// pending list, so an entry taken between XINFO and here would be
+		// lost: hence only consumers idle far longer than a live node ever
+		// is (it reads every publishBlock), or this node's own once its
+		// reader has stopped.
+		if err := rdb.XGroupDelConsumer(ctx, PublishStream, publishGroup, c.Name).Err(); err != nil {
+			return gone, err
+		}
+		gone = append(gone, c.Name)
+	}
+	return gone, nil
 }
 
 // publishEntries publishes entries in order, acknowledging each one that

@@ -599,3 +599,64 @@ func readyz(url string, want int) error {
 	}
 	return nil
 }
+
+// TestRemoveGoneConsumers: the publish group loses the consumers of nodes
+// that left — idle, nothing pending — and keeps the others: one holding
+// an entry (another node claims it first), one that read recently, and
+// this node's own.
+func TestRemoveGoneConsumers(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	ctx := t.Context()
+	if err := rdb.XGroupCreateMkStream(ctx, PublishStream, publishGroup, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"gone-1", "gone-2", "self", "holder"} {
+		if err := rdb.XGroupCreateConsumer(ctx, PublishStream, publishGroup, c).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rdb.XAdd(ctx, &goredis.XAddArgs{Stream: PublishStream, Values: []string{"publish", "{}"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: publishGroup, Consumer: "holder",
+		Streams: []string{PublishStream, ">"}, Count: 1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := rdb.XGroupCreateConsumer(ctx, PublishStream, publishGroup, "recent").Err(); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := removeGoneConsumers(ctx, rdb, "", 200*time.Millisecond, "self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(gone)
+	if !slices.Equal(gone, []string{"gone-1", "gone-2"}) {
+		t.Errorf("removed %q, want gone-1 and gone-2", gone)
+	}
+	names := func() []string {
+		cs, err := rdb.XInfoConsumers(ctx, PublishStream, publishGroup).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := names(); !slices.Equal(got, []string{"holder", "recent", "self"}) {
+		t.Errorf("consumers left %q, want holder, recent and self", got)
+	}
+	// Stopping, a node removes its own consumer, whatever its idle time,
+	// and nothing else.
+	if gone, err := removeGoneConsumers(ctx, rdb, "self", 0, "self"); err != nil || !slices.Equal(gone, []string{"self"}) {
+		t.Errorf("removing self: %q, %v", gone, err)
+	}
+	if got := names(); !slices.Equal(got, []string{"holder", "recent"}) {
+		t.Errorf("consumers left %q, want holder and recent", got)
+	}
+}
