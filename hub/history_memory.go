@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,11 +16,26 @@ const historyShards = 64
 // the channel's history size and TTL, and all channels together by an
 // optional byte limit. Its epochs are random, so every restart starts new
 // epochs and clients resuming across a restart get a gap signal.
+//
+// Lock order: a shard's mu, then fifoMu. trimMu is taken with neither
+// held, and serialises the goroutines that take messages out of the fifo.
 type MemoryHistory struct {
-	seed       maphash.Seed
-	shards     [historyShards]historyShard
-	now        func() time.Time
-	shardBytes int64 // limit per shard; 0 means none
+	seed     maphash.Seed
+	shards   [historyShards]historyShard
+	now      func() time.Time
+	maxBytes int64 // 0: no limit
+
+	// What the rings retain, changed under the shards' locks.
+	bytes, retained atomic.Int64
+	trimmed         atomic.Uint64 // messages dropped for the limit
+
+	// With a limit: every appended message in order, so that the oldest
+	// go first. An entry whose message has left its ring another way (TTL,
+	// the channel's size) is stale: skipped, and pruned by Sweep.
+	trimMu sync.Mutex
+	fifoMu sync.Mutex
+	fifo   []appended // guarded by fifoMu; fifo[next:] are the entries
+	next   int        // guarded by fifoMu
 }
 
 var (
@@ -30,18 +46,11 @@ var (
 type historyShard struct {
 	mu       sync.Mutex
 	channels map[string]*ring // guarded by mu
-	// With a byte limit: the size of the retained messages, and every
-	// appended message in order, so that the oldest can go first. An
-	// entry whose message has left its ring another way (TTL, the
-	// channel's size) is stale and skipped. All guarded by mu.
-	bytes    int64
-	retained int // messages in the shard's rings
-	order    []appended
-	trimmed  uint64 // messages dropped for the limit
 }
 
-// appended names one appended message: its ring and offset.
+// appended names one appended message: its shard, ring and offset.
 type appended struct {
+	s   *historyShard
 	r   *ring
 	off uint64
 }
@@ -60,17 +69,13 @@ type ring struct {
 func NewMemoryHistory() *MemoryHistory { return NewMemoryHistoryLimit(0) }
 
 // NewMemoryHistoryLimit returns an empty in-memory history that keeps
-// about maxBytes of messages at most, counted as the size of their data
-// and wire forms plus a fixed overhead. The limit is shared out evenly
-// over 64 shards of the channel space, so one channel can hold at most a
-// 64th of it. Past the limit, a shard's oldest messages go first, as if
-// their TTL had passed: a client resuming from before them gets a gap
-// signal. maxBytes <= 0 means no limit.
+// about maxBytes of messages at most, all channels together, counted as
+// the size of their data and wire forms plus a fixed overhead. Past the
+// limit the oldest messages go first, whatever their channel, as if their
+// TTL had passed: a client resuming from before them gets a gap signal.
+// maxBytes <= 0 means no limit.
 func NewMemoryHistoryLimit(maxBytes int64) *MemoryHistory {
-	h := &MemoryHistory{seed: maphash.MakeSeed(), now: time.Now}
-	if maxBytes > 0 {
-		h.shardBytes = max(maxBytes/historyShards, 1)
-	}
+	h := &MemoryHistory{seed: maphash.MakeSeed(), now: time.Now, maxBytes: max(maxBytes, 0)}
 	for i := range h.shards {
 		h.shards[i].channels = make(map[string]*ring)
 	}
@@ -98,14 +103,13 @@ func historySize(m *Message) int64 {
 	return int64(len(m.Data) + 2*len(m.Envelope) + len(m.Key) + historyOverhead)
 }
 
-// MinHistoryBytes is the smallest limit for NewMemoryHistoryLimit under
-// which every 64th of the history can hold one message of maxDataBytes of
-// data (with the longest channel name, type and an idempotency key of up
-// to 256 bytes). A message that does not fit its 64th is not retained:
-// its channel's history restarts after it.
+// MinHistoryBytes is the smallest limit for NewMemoryHistoryLimit that
+// holds one message of maxDataBytes of data (with the longest channel
+// name and type, and an idempotency key of up to 256 bytes). A message
+// over the limit is not retained: its channel's history restarts after it.
 func MinHistoryBytes(maxDataBytes int) int64 {
 	const envelope = 600 // the envelope's fixed text, longest channel, type, epoch, offset and time
-	return historyShards * (3*int64(maxDataBytes) + 2*envelope + 256 + historyOverhead)
+	return 3*int64(maxDataBytes) + 2*envelope + 256 + historyOverhead
 }
 
 // get returns the channel's ring, creating it. s.mu must be held.
@@ -119,34 +123,35 @@ func (s *historyShard) get(ch string, now time.Time) *ring {
 	return r
 }
 
-// dropOldest drops r's oldest message. s.mu must be held.
-func (s *historyShard) dropOldest(r *ring) {
+// dropOldest drops r's oldest message. r's shard's mu must be held.
+func (h *MemoryHistory) dropOldest(r *ring) {
 	m := r.buf[r.start]
 	r.buf[r.start] = nil
 	r.start = (r.start + 1) % len(r.buf)
 	r.n--
-	s.retained--
-	s.bytes -= historySize(m)
+	h.retained.Add(-1)
+	h.bytes.Add(-historySize(m))
 }
 
-// expire drops messages older than ttl from the front of r. s.mu must be
-// held.
-func (s *historyShard) expire(r *ring, now time.Time, ttl time.Duration) {
+// expire drops messages older than ttl from the front of r. r's shard's
+// mu must be held.
+func (h *MemoryHistory) expire(r *ring, now time.Time, ttl time.Duration) {
 	if ttl <= 0 {
 		return
 	}
 	cutoff := now.Add(-ttl)
 	for r.n > 0 && r.buf[r.start].Time.Before(cutoff) {
-		s.dropOldest(r)
+		h.dropOldest(r)
 	}
 }
 
 // makeRoom drops r's oldest messages until one more fits within size, and
 // grows r's buffer (doubling, up to size) when it is full, so that a
-// channel holding one message costs one slot, not size. s.mu must be held.
-func (s *historyShard) makeRoom(r *ring, size int) {
+// channel holding one message costs one slot, not size. r's shard's mu
+// must be held.
+func (h *MemoryHistory) makeRoom(r *ring, size int) {
 	for r.n >= size {
-		s.dropOldest(r)
+		h.dropOldest(r)
 	}
 	if r.n < len(r.buf) && len(r.buf) <= size {
 		return
@@ -158,44 +163,115 @@ func (s *historyShard) makeRoom(r *ring, size int) {
 	r.buf, r.start = nb, 0
 }
 
-// live reports whether a is still retained. s.mu must be held.
+// live reports whether a is still retained. a.s.mu must be held.
 func (a appended) live() bool {
 	return a.r.n > 0 && a.off > a.r.head-uint64(a.r.n) && a.off <= a.r.head
 }
 
-// enforce drops the shard's oldest messages while it is over limit, and
-// forgets stale entries of the append order. s.mu must be held.
-func (s *historyShard) enforce(limit int64) {
-	i := 0
-	for ; i < len(s.order); i++ {
-		a := s.order[i]
-		if !a.live() {
-			continue
+// trim drops the oldest messages while the history is over its limit. It
+// holds no shard lock when called. If another goroutine is trimming, it
+// returns at once: that one goes on until the history is within limit.
+func (h *MemoryHistory) trim() {
+	if !h.trimMu.TryLock() {
+		return
+	}
+	defer h.trimMu.Unlock()
+	for h.bytes.Load() > h.maxBytes {
+		h.fifoMu.Lock()
+		if h.next == len(h.fifo) {
+			h.fifoMu.Unlock()
+			return
 		}
-		if s.bytes <= limit {
+		a := h.fifo[h.next]
+		h.popFront()
+		h.fifoMu.Unlock()
+		a.s.mu.Lock()
+		if a.live() {
+			// The oldest appended message still retained is its ring's
+			// oldest: a channel's messages leave in the order they came.
+			h.dropOldest(a.r)
+			h.trimmed.Add(1)
+		}
+		a.s.mu.Unlock()
+	}
+}
+
+// popFront forgets the fifo's front entry, and moves the rest to the
+// start of the array once the forgotten ones are the larger part. fifoMu
+// must be held.
+func (h *MemoryHistory) popFront() {
+	h.fifo[h.next] = appended{}
+	h.next++
+	if h.next >= 1024 && 2*h.next >= len(h.fifo) {
+		n := copy(h.fifo, h.fifo[h.next:])
+		clear(h.fifo[n:])
+		h.fifo, h.next = h.fifo[:n], 0
+	}
+}
+
+// fifoSlack is how many stale fifo entries beyond twice the retained
+// messages make pruneFifo compact the fifo (a variable for tests).
+var fifoSlack int64 = 1024
+
+// pruneFifo forgets the stale entries of the fifo: those at its front,
+// and, when stale entries behind a long-lived one outnumber the retained
+// messages, all of them (holding every shard's lock for that pass). It
+// holds no shard lock when called.
+func (h *MemoryHistory) pruneFifo() {
+	h.trimMu.Lock()
+	defer h.trimMu.Unlock()
+	for {
+		h.fifoMu.Lock()
+		if h.next == len(h.fifo) {
+			h.fifo, h.next = nil, 0
+			h.fifoMu.Unlock()
+			return
+		}
+		a := h.fifo[h.next]
+		h.fifoMu.Unlock()
+		a.s.mu.Lock()
+		live := a.live()
+		a.s.mu.Unlock()
+		if live {
 			break
 		}
-		// The shard's oldest appended message still retained is its
-		// ring's oldest: a channel's messages leave in the order they came.
-		s.dropOldest(a.r)
-		s.trimmed++
+		h.fifoMu.Lock()
+		h.popFront() // still a: only trimMu's holder takes entries out
+		h.fifoMu.Unlock()
 	}
-	clear(s.order[:i])
-	s.order = s.order[i:]
-	if len(s.order) > 2*s.retained+64 {
-		// Stale entries behind a long-lived one: keep the live ones only.
-		kept := make([]appended, 0, 2*s.retained+16)
-		for _, a := range s.order {
-			if a.live() {
-				kept = append(kept, a)
-			}
+	h.fifoMu.Lock()
+	n := len(h.fifo) - h.next
+	h.fifoMu.Unlock()
+	if int64(n) <= 2*h.retained.Load()+fifoSlack {
+		return
+	}
+	for i := range h.shards {
+		h.shards[i].mu.Lock()
+	}
+	h.fifoMu.Lock()
+	kept := make([]appended, 0, h.retained.Load()+fifoSlack)
+	for _, a := range h.fifo[h.next:] {
+		if a.live() {
+			kept = append(kept, a)
 		}
-		s.order = kept
+	}
+	h.fifo, h.next = kept, 0
+	h.fifoMu.Unlock()
+	for i := range h.shards {
+		h.shards[i].mu.Unlock()
 	}
 }
 
 // Append implements History.
 func (h *MemoryHistory) Append(_ context.Context, m *Message, opts HistoryOptions) error {
+	if h.append(m, opts) {
+		h.trim()
+	}
+	return nil
+}
+
+// append appends m and reports whether the history is over its limit.
+func (h *MemoryHistory) append(m *Message, opts HistoryOptions) bool {
 	now := h.now()
 	s := h.shard(m.Channel)
 	s.mu.Lock()
@@ -206,34 +282,35 @@ func (h *MemoryHistory) Append(_ context.Context, m *Message, opts HistoryOption
 	m.Seal()
 	if opts.Size <= 0 {
 		for r.n > 0 {
-			s.dropOldest(r)
+			h.dropOldest(r)
 		}
 		r.buf, r.start = nil, 0
-		return nil
+		return false
 	}
-	s.expire(r, now, opts.TTL)
-	if h.shardBytes > 0 && historySize(m) > h.shardBytes {
-		// It alone is over the shard's limit. A ring holds an unbroken run
-		// of offsets up to its head, so the channel keeps nothing before it
-		// either, rather than the shard losing everything else.
+	h.expire(r, now, opts.TTL)
+	size := historySize(m)
+	if h.maxBytes > 0 && size > h.maxBytes {
+		// It alone is over the limit. A ring holds an unbroken run of
+		// offsets up to its head, so the channel keeps nothing before it.
+		h.trimmed.Add(uint64(r.n) + 1)
 		for r.n > 0 {
-			s.dropOldest(r)
-			s.trimmed++
+			h.dropOldest(r)
 		}
 		r.buf, r.start = nil, 0
-		s.trimmed++
-		return nil
+		return false
 	}
-	s.makeRoom(r, opts.Size)
+	h.makeRoom(r, opts.Size)
 	r.buf[(r.start+r.n)%len(r.buf)] = m
 	r.n++
-	s.retained++
-	s.bytes += historySize(m)
-	if h.shardBytes > 0 {
-		s.order = append(s.order, appended{r: r, off: r.head})
-		s.enforce(h.shardBytes)
+	h.retained.Add(1)
+	if h.maxBytes == 0 {
+		h.bytes.Add(size)
+		return false
 	}
-	return nil
+	h.fifoMu.Lock()
+	h.fifo = append(h.fifo, appended{s: s, r: r, off: r.head})
+	h.fifoMu.Unlock()
+	return h.bytes.Add(size) > h.maxBytes
 }
 
 // Since implements History.
@@ -243,7 +320,7 @@ func (h *MemoryHistory) Since(_ context.Context, ch string, pos Position, opts H
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.get(ch, now)
-	s.expire(r, now, opts.TTL)
+	h.expire(r, now, opts.TTL)
 	head := Position{Epoch: r.epoch, Offset: r.head}
 	gap := pos.Epoch != r.epoch || pos.Offset > r.head
 	from := uint64(0) // first offset to return
@@ -301,7 +378,7 @@ func (h *MemoryHistory) Sweep(ttl func(ch string) time.Duration, idle, idleEmpty
 		s := &h.shards[i]
 		s.mu.Lock()
 		for ch, r := range s.channels {
-			s.expire(r, now, ttl(ch))
+			h.expire(r, now, ttl(ch))
 			if r.n == 0 {
 				r.buf, r.start = nil, 0 // nothing retained: no slots either
 			}
@@ -313,10 +390,10 @@ func (h *MemoryHistory) Sweep(ttl func(ch string) time.Duration, idle, idleEmpty
 				delete(s.channels, ch)
 			}
 		}
-		if h.shardBytes > 0 {
-			s.enforce(h.shardBytes)
-		}
 		s.mu.Unlock()
+	}
+	if h.maxBytes > 0 {
+		h.pruneFifo()
 	}
 }
 
@@ -334,14 +411,12 @@ type MemoryHistoryStats struct {
 
 // Stats returns the history's figures, taking each shard's lock in turn.
 func (h *MemoryHistory) Stats() MemoryHistoryStats {
-	st := MemoryHistoryStats{MaxBytes: h.shardBytes * historyShards}
+	st := MemoryHistoryStats{MaxBytes: h.maxBytes, Messages: int(h.retained.Load()),
+		Bytes: h.bytes.Load(), Trimmed: h.trimmed.Load()}
 	for i := range h.shards {
 		s := &h.shards[i]
 		s.mu.Lock()
 		st.Channels += len(s.channels)
-		st.Messages += s.retained
-		st.Bytes += s.bytes
-		st.Trimmed += s.trimmed
 		s.mu.Unlock()
 	}
 	return st

@@ -295,8 +295,7 @@ type LimitsConfig struct {
 	MaxChannelsPerPublish int `yaml:"max_channels_per_publish"`
 	// MaxHistoryBytes caps the memory of the in-memory history (history:
 	// memory), all channels together: past it the oldest messages go
-	// first, as if their TTL had passed. It is shared out over 64 parts of
-	// the channel space, so one channel can use a 64th of it. Zero means
+	// first, whatever their channel, as if their TTL had passed. Zero means
 	// 536870912 (512 MiB), or more if limits.max_message_bytes needs it
 	// (hub.MinHistoryBytes); negative means no cap beyond each channel's
 	// history size and TTL.
@@ -598,8 +597,8 @@ func (c Config) Validate() error {
 	// subscriber of a large message would be cut off as a slow consumer.
 	if c.Limits.MaxMessageBytes > 0 {
 		atLeast("limits.max_queue_bytes", c.Limits.MaxQueueBytes, c.Limits.MaxMessageBytes+queueOverhead)
-		// Each 64th of the in-memory history holds at least one message
-		// of the largest size.
+		// The in-memory history holds at least one message of the
+		// largest size.
 		if minimum := hub.MinHistoryBytes(c.Limits.MaxMessageBytes); c.History == "memory" &&
 			c.Limits.MaxHistoryBytes > 0 && int64(c.Limits.MaxHistoryBytes) < minimum {
 			bad("limits.max_history_bytes", "must be at least %d with limits.max_message_bytes %d, got %d",

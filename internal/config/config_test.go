@@ -242,7 +242,7 @@ func TestValidate(t *testing.T) {
 			c.WS.MaxMessageBytes = 10
 		}, []string{"max_connections_per_ip", "max_channels_per_connection", "max_channels_per_publish", "ws.max_message_bytes"}},
 		{"queue smaller than message", func(c *Config) { c.Limits.MaxQueueBytes = c.Limits.MaxMessageBytes }, []string{"max_queue_bytes"}},
-		{"history smaller than 64 messages", func(c *Config) { c.Limits.MaxHistoryBytes = 64 * c.Limits.MaxMessageBytes }, []string{"max_history_bytes"}},
+		{"history smaller than a message", func(c *Config) { c.Limits.MaxHistoryBytes = c.Limits.MaxMessageBytes }, []string{"max_history_bytes"}},
 		{"no history cap", func(c *Config) { c.Limits.MaxHistoryBytes = -1 }, nil},
 		{"history cap of an unused memory history", func(c *Config) {
 			c.Limits.MaxMessageBytes, c.Limits.MaxQueueBytes, c.Limits.MaxHistoryBytes = 4<<20, 8<<20, 1<<20
@@ -287,12 +287,12 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestHistoryCapFollowsMessageSize: with large messages allowed and no
-// history cap set, the default cap grows so that the configuration stays
-// valid and every part of the history holds the largest message.
+// TestHistoryCapFollowsMessageSize: with very large messages allowed and
+// no history cap set, the default cap grows so that the configuration
+// stays valid and the history can hold the largest message.
 func TestHistoryCapFollowsMessageSize(t *testing.T) {
-	c := Config{Limits: LimitsConfig{MaxMessageBytes: 4 << 20, MaxQueueBytes: 8 << 20}}.Defaults()
-	if want := hub.MinHistoryBytes(4 << 20); int64(c.Limits.MaxHistoryBytes) != want || want <= DefaultMaxHistoryBytes {
+	c := Config{Limits: LimitsConfig{MaxMessageBytes: 200 << 20, MaxQueueBytes: 256 << 20}}.Defaults()
+	if want := hub.MinHistoryBytes(200 << 20); int64(c.Limits.MaxHistoryBytes) != want || want <= DefaultMaxHistoryBytes {
 		t.Fatalf("max_history_bytes %d, want %d (above the default %d)", c.Limits.MaxHistoryBytes, want, DefaultMaxHistoryBytes)
 	}
 	if err := c.Validate(); err != nil {
@@ -300,7 +300,7 @@ func TestHistoryCapFollowsMessageSize(t *testing.T) {
 	}
 	c.Limits.MaxHistoryBytes = DefaultMaxHistoryBytes
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "max_history_bytes") {
-		t.Fatalf("a cap below one largest message per part: %v", err)
+		t.Fatalf("a cap below one largest message: %v", err)
 	}
 }
 
