@@ -58,16 +58,7 @@ func TestConformance(t *testing.T) {
 // TestDoneMaxAge: the bucket of finished events keeps them for
 // DoneMaxAge, by default an hour, never longer than the events themselves.
 func TestDoneMaxAge(t *testing.T) {
-	ns, err := jetstream.Embedded(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := jetstream.ConnectEmbedded(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := embeddedConn(t)
 	js, err := natsjs.New(nc)
 	if err != nil {
 		t.Fatal(err)

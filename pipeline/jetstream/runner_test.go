@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/heraldhq/herald/pipeline"
 	"github.com/heraldhq/herald/pipeline/jetstream"
 )
@@ -18,7 +20,9 @@ type stageFunc func(context.Context, *pipeline.Message) error
 func (stageFunc) Name() string                                             { return "test" }
 func (f stageFunc) Process(ctx context.Context, m *pipeline.Message) error { return f(ctx, m) }
 
-func openQueue(t *testing.T) *jetstream.Queue {
+// embeddedConn starts an embedded NATS server with JetStream, stopped at
+// the end of the test, and returns a connection to it.
+func embeddedConn(t *testing.T) *nats.Conn {
 	t.Helper()
 	ns, err := jetstream.Embedded(t.TempDir())
 	if err != nil {
@@ -30,7 +34,12 @@ func openQueue(t *testing.T) *jetstream.Queue {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	q, err := jetstream.Open(t.Context(), nc, jetstream.Config{})
+	return nc
+}
+
+func openQueue(t *testing.T) *jetstream.Queue {
+	t.Helper()
+	q, err := jetstream.Open(t.Context(), embeddedConn(t), jetstream.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
