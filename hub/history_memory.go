@@ -17,8 +17,9 @@ const historyShards = 64
 // optional byte limit. Its epochs are random, so every restart starts new
 // epochs and clients resuming across a restart get a gap signal.
 //
-// Lock order: a shard's mu, then fifoMu. trimMu is taken with neither
-// held, and serialises the goroutines that take messages out of the fifo.
+// Lock order: trimMu, then a shard's mu (all of them in index order, to
+// compact the fifo), then fifoMu. trimMu is never taken with a shard lock
+// held; it serialises the goroutines that take entries out of the fifo.
 type MemoryHistory struct {
 	seed     maphash.Seed
 	shards   [historyShards]historyShard
@@ -168,14 +169,9 @@ func (a appended) live() bool {
 	return a.r.n > 0 && a.off > a.r.head-uint64(a.r.n) && a.off <= a.r.head
 }
 
-// trim drops the oldest messages while the history is over its limit. It
-// holds no shard lock when called. If another goroutine is trimming, it
-// returns at once: that one goes on until the history is within limit.
-func (h *MemoryHistory) trim() {
-	if !h.trimMu.TryLock() {
-		return
-	}
-	defer h.trimMu.Unlock()
+// trimLocked drops the oldest messages while the history is over its
+// limit. trimMu must be held, and no shard lock.
+func (h *MemoryHistory) trimLocked() {
 	for h.bytes.Load() > h.maxBytes {
 		h.fifoMu.Lock()
 		if h.next == len(h.fifo) {
@@ -197,29 +193,34 @@ func (h *MemoryHistory) trim() {
 }
 
 // popFront forgets the fifo's front entry, and moves the rest to the
-// start of the array once the forgotten ones are the larger part. fifoMu
-// must be held.
+// start of the array once the forgotten ones are the larger part, into a
+// smaller array if the fifo has shrunk. fifoMu must be held.
 func (h *MemoryHistory) popFront() {
 	h.fifo[h.next] = appended{}
 	h.next++
-	if h.next >= 1024 && 2*h.next >= len(h.fifo) {
-		n := copy(h.fifo, h.fifo[h.next:])
-		clear(h.fifo[n:])
-		h.fifo, h.next = h.fifo[:n], 0
+	if h.next < 1024 || 2*h.next < len(h.fifo) {
+		return
 	}
+	rest := h.fifo[h.next:]
+	if n := len(rest); cap(h.fifo) > 4*n+1024 {
+		h.fifo = append(make([]appended, 0, 2*n+1024), rest...)
+	} else {
+		copy(h.fifo, rest)
+		clear(h.fifo[n:])
+		h.fifo = h.fifo[:n]
+	}
+	h.next = 0
 }
 
 // fifoSlack is how many stale fifo entries beyond twice the retained
-// messages make pruneFifo compact the fifo (a variable for tests).
+// messages make pruneLocked compact the fifo (a variable for tests).
 var fifoSlack int64 = 1024
 
-// pruneFifo forgets the stale entries of the fifo: those at its front,
+// pruneLocked forgets the stale entries of the fifo: those at its front,
 // and, when stale entries behind a long-lived one outnumber the retained
-// messages, all of them (holding every shard's lock for that pass). It
-// holds no shard lock when called.
-func (h *MemoryHistory) pruneFifo() {
-	h.trimMu.Lock()
-	defer h.trimMu.Unlock()
+// messages, all of them (holding every shard's lock for that pass).
+// trimMu must be held, and no shard lock.
+func (h *MemoryHistory) pruneLocked() {
 	for {
 		h.fifoMu.Lock()
 		if h.next == len(h.fifo) {
@@ -262,16 +263,29 @@ func (h *MemoryHistory) pruneFifo() {
 	}
 }
 
-// Append implements History.
+// Append implements History. Past the limit, the appender drops the
+// oldest messages itself (waiting for another doing the same), so that
+// the history is within its limit when Append returns, give or take the
+// appends still under way.
 func (h *MemoryHistory) Append(_ context.Context, m *Message, opts HistoryOptions) error {
-	if h.append(m, opts) {
-		h.trim()
+	over, stale := h.append(m, opts)
+	if stale && h.trimMu.TryLock() {
+		// Stale entries pile up behind a long-lived one between sweeps.
+		h.pruneLocked()
+		h.trimLocked()
+		h.trimMu.Unlock()
+	}
+	if over {
+		h.trimMu.Lock()
+		h.trimLocked()
+		h.trimMu.Unlock()
 	}
 	return nil
 }
 
-// append appends m and reports whether the history is over its limit.
-func (h *MemoryHistory) append(m *Message, opts HistoryOptions) bool {
+// append appends m and reports whether the history is over its limit,
+// and whether the fifo holds many more entries than retained messages.
+func (h *MemoryHistory) append(m *Message, opts HistoryOptions) (over, stale bool) {
 	now := h.now()
 	s := h.shard(m.Channel)
 	s.mu.Lock()
@@ -285,7 +299,7 @@ func (h *MemoryHistory) append(m *Message, opts HistoryOptions) bool {
 			h.dropOldest(r)
 		}
 		r.buf, r.start = nil, 0
-		return false
+		return false, false
 	}
 	h.expire(r, now, opts.TTL)
 	size := historySize(m)
@@ -297,7 +311,7 @@ func (h *MemoryHistory) append(m *Message, opts HistoryOptions) bool {
 			h.dropOldest(r)
 		}
 		r.buf, r.start = nil, 0
-		return false
+		return false, false
 	}
 	h.makeRoom(r, opts.Size)
 	r.buf[(r.start+r.n)%len(r.buf)] = m
@@ -305,12 +319,13 @@ func (h *MemoryHistory) append(m *Message, opts HistoryOptions) bool {
 	h.retained.Add(1)
 	if h.maxBytes == 0 {
 		h.bytes.Add(size)
-		return false
+		return false, false
 	}
 	h.fifoMu.Lock()
 	h.fifo = append(h.fifo, appended{s: s, r: r, off: r.head})
+	stale = int64(len(h.fifo)-h.next) > 2*h.retained.Load()+fifoSlack
 	h.fifoMu.Unlock()
-	return h.bytes.Add(size) > h.maxBytes
+	return h.bytes.Add(size) > h.maxBytes, stale
 }
 
 // Since implements History.
@@ -393,7 +408,10 @@ func (h *MemoryHistory) Sweep(ttl func(ch string) time.Duration, idle, idleEmpty
 		s.mu.Unlock()
 	}
 	if h.maxBytes > 0 {
-		h.pruneFifo()
+		h.trimMu.Lock()
+		h.pruneLocked()
+		h.trimLocked()
+		h.trimMu.Unlock()
 	}
 }
 

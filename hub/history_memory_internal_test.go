@@ -303,8 +303,40 @@ func TestMemoryHistoryConcurrentLimit(t *testing.T) {
 		}
 	})
 	wg.Wait()
-	h.trim() // a trim skipped while another ran leaves at most one message over
 	checkHistory(t, -1, h, limit, time.Minute, nil, false)
+}
+
+// TestMemoryHistoryAppendWaitsToTrim: an Append that takes the history
+// over its limit while another goroutine is trimming or pruning (here:
+// the test, holding trimMu) does not return over the limit.
+func TestMemoryHistoryAppendWaitsToTrim(t *testing.T) {
+	h := NewMemoryHistoryLimit(3000)
+	ctx := context.Background()
+	msg := func() *Message {
+		return &Message{Message: broker.Message{Channel: "c:1", Type: "t", Time: time.Now(), Data: []byte(`"` + strings.Repeat("x", 100) + `"`)}}
+	}
+	// Full: within one message's size of the limit, so the next goes over.
+	for range 10 {
+		if err := h.Append(ctx, msg(), HistoryOptions{Size: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.trimMu.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.Append(ctx, msg(), HistoryOptions{Size: 100})
+	}()
+	select {
+	case <-done:
+		t.Errorf("Append returned while another goroutine held the trim lock, with %d bytes retained (limit 3000)", h.bytes.Load())
+	case <-time.After(50 * time.Millisecond):
+	}
+	h.trimMu.Unlock()
+	<-done
+	if b := h.bytes.Load(); b > 3000 {
+		t.Fatalf("%d bytes retained after Append, limit 3000", b)
+	}
 }
 
 // BenchmarkMemoryHistoryNewChannels appends one message to each of b.N
