@@ -610,3 +610,44 @@ func TestClusterResyncAfterDrops(t *testing.T) {
 		t.Errorf("offsets %v, want 1 2 3", o)
 	}
 }
+
+// keepingHistory is a memory history that records the channels the hub
+// asks it to keep.
+type keepingHistory struct {
+	*hub.MemoryHistory
+	mu   sync.Mutex
+	kept map[string]int
+}
+
+func (k *keepingHistory) Keep(_ context.Context, ch string, _ hub.HistoryOptions) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.kept[ch]++
+	return nil
+}
+
+// TestHubKeepsSubscribedChannels: a store that lets quiet channels expire
+// is told, again and again, which channels have subscribers here, and
+// only those.
+func TestHubKeepsSubscribedChannels(t *testing.T) {
+	hist := &keepingHistory{MemoryHistory: hub.NewMemoryHistory(), kept: map[string]int{}}
+	h := testutil.NewHub(t, hub.Config{History: hist, HistoryKeepInterval: 10 * time.Millisecond})
+	recv := collect(t, h, "thread:listened")
+	if _, err := h.Publish(t.Context(), hub.Publication{Channels: []string{"thread:listened", "thread:nobody"}}); err != nil {
+		t.Fatal(err)
+	}
+	recv(1)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		hist.mu.Lock()
+		defer hist.mu.Unlock()
+		if hist.kept["thread:listened"] < 3 {
+			return fmt.Errorf("kept %v, want thread:listened three times or more", hist.kept)
+		}
+		return nil
+	})
+	hist.mu.Lock()
+	defer hist.mu.Unlock()
+	if len(hist.kept) != 1 {
+		t.Fatalf("kept %v, want thread:listened only", hist.kept)
+	}
+}

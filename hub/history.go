@@ -37,6 +37,17 @@ type History interface {
 	Head(ctx context.Context, channel string, opts HistoryOptions) (Position, error)
 }
 
+// HistoryKeeper is implemented by stores whose channels expire when they
+// are quiet (networked stores keep a channel's head for a while after its
+// last message, then start a new epoch). The hub calls Keep every
+// Config.HistoryKeepInterval for each channel with subscribers on its
+// node, so that a quiet channel someone is listening to keeps its epoch
+// and offsets: its subscribers then get no gap signal when it speaks again.
+// Keep must be cheap for a channel that is not about to expire.
+type HistoryKeeper interface {
+	Keep(ctx context.Context, channel string, opts HistoryOptions) error
+}
+
 // ChannelHistory describes one channel's retained history, for status pages.
 type ChannelHistory struct {
 	Epoch    string `json:"epoch"`

@@ -87,6 +87,10 @@ type Config struct {
 	IdempotencyMaxKeys int
 	// SweepInterval is how often expired history is dropped. Zero means 30s.
 	SweepInterval time.Duration
+	// HistoryKeepInterval is how often a History that is a HistoryKeeper
+	// is told which channels have subscribers here. Keep it well under the
+	// store's head lifetime. Zero means 10 minutes.
+	HistoryKeepInterval time.Duration
 	// NodeID names this node in the cluster view. Zero means the host
 	// name and a random suffix.
 	NodeID string
@@ -130,6 +134,7 @@ func (c Config) Defaults() Config {
 	setDefault(&c.IdempotencyMaxKeys, 100_000)
 	setDefault(&c.IdempotencyWindow, 5*time.Minute)
 	setDefault(&c.SweepInterval, 30*time.Second)
+	setDefault(&c.HistoryKeepInterval, 10*time.Minute)
 	setDefault(&c.NodeHeartbeat, 2*time.Second)
 	if c.NodeID == "" {
 		c.NodeID = defaultNodeID()
@@ -216,6 +221,9 @@ func New(cfg Config) (*Hub, error) {
 		h.goFunc(h.remote.unsubscribeLoop)
 		h.goFunc(h.watchLoop)
 	}
+	if hk, ok := h.history.(HistoryKeeper); ok {
+		h.goFunc(func() { h.keepLoop(hk) })
+	}
 	if mh, ok := h.history.(*MemoryHistory); ok {
 		h.goFunc(func() { h.sweepLoop(mh) })
 	}
@@ -243,6 +251,43 @@ func (h *Hub) sweepLoop(mh *MemoryHistory) {
 			return
 		case <-t.C:
 			mh.Sweep(ttl, idle, 2*h.cfg.SweepInterval, inUse)
+		}
+	}
+}
+
+// keepLoop tells hk, every HistoryKeepInterval, which channels have
+// subscribers on this node (see HistoryKeeper).
+func (h *Hub) keepLoop(hk HistoryKeeper) {
+	t := time.NewTicker(h.cfg.HistoryKeepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-t.C:
+		}
+		var chans []string
+		h.index.visit(func(ch string, n int) {
+			if n > 0 && ch != nodesChannel {
+				chans = append(chans, ch)
+			}
+		})
+		failed := 0
+		var last error
+		for _, ch := range chans {
+			select {
+			case <-h.done:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), brokerCallTimeout)
+			if err := hk.Keep(ctx, ch, h.namespace(ch).historyOptions()); err != nil {
+				failed, last = failed+1, err
+			}
+			cancel()
+		}
+		if failed > 0 {
+			h.log.Warn("hub: keeping quiet channels' history failed", "channels", failed, "of", len(chans), "err", last)
 		}
 	}
 }

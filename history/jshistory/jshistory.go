@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,9 +219,10 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 	e, err := h.st.Load().epochs.Get(ctx, epochKey(ch))
 	switch {
 	case err == nil && string(e.Value()) != "":
-		epoch, used := splitEpoch(string(e.Value()))
-		if !used {
-			return head{epoch: epoch}, nil
+		epoch, used, kept := splitEpoch(string(e.Value()))
+		if !used || kept > 0 {
+			// Never used, or kept by Keep: go on from the head it wrote.
+			return head{epoch: epoch, offset: kept}, nil
 		}
 		// Messages were appended in this epoch and are gone: start another.
 		next := newEpoch()
@@ -241,13 +243,97 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 	return hd, err
 }
 
-// splitEpoch reads a bucket value: the epoch, and "+" once a message was
-// appended in it.
-func splitEpoch(v string) (epoch string, used bool) {
-	if n := len(v); n > 0 && v[n-1] == '+' {
-		return v[:n-1], true
+// splitEpoch reads a bucket value: the epoch; "+" once a message was
+// appended in it; and "+@OFFSET" once Keep wrote the head of a quiet
+// channel, which the channel goes on from when its messages have aged out.
+func splitEpoch(v string) (epoch string, used bool, kept uint64) {
+	i := strings.IndexByte(v, '+')
+	if i < 0 {
+		return v, false, 0
 	}
-	return v, false
+	if rest, ok := strings.CutPrefix(v[i+1:], "@"); ok {
+		kept, _ = strconv.ParseUint(rest, 10, 64)
+	}
+	return v[:i], true, kept
+}
+
+var _ hub.HistoryKeeper = (*History)(nil)
+
+// Keep implements hub.HistoryKeeper. A channel's head lives in its last
+// message, which the stream drops MaxAge after it was appended, and its
+// epoch in a bucket entry, which expires MaxAge after it was written. Once
+// the last message is half MaxAge old (or gone), Keep writes the head into
+// the entry ("EPOCH+@OFFSET"), restarting its lifetime; readHead goes on
+// from it when the stream has no message left. A message appended after
+// Keep read the head makes it write again; one appended after that outlives
+// the entry (it is younger), so the entry never names an old head while
+// the channel has newer messages.
+func (h *History) Keep(ctx context.Context, ch string, _ hub.HistoryOptions) error {
+	err := h.keep(ctx, ch)
+	if err != nil && h.recover(ctx, err) {
+		err = h.keep(ctx, ch)
+	}
+	if err != nil {
+		return fmt.Errorf("jshistory: %s: keep: %w", ch, err)
+	}
+	return nil
+}
+
+func (h *History) keep(ctx context.Context, ch string) error {
+	st := h.st.Load()
+	written := uint64(0) // the last message's sequence when the head was written
+	for range 3 {
+		var epoch string
+		var offset, seq uint64
+		last, err := st.stream.GetLastMsgForSubject(ctx, h.subject(ch))
+		switch {
+		case err == nil:
+			if last.Sequence == written {
+				return nil // no message since the write
+			}
+			if written == 0 && time.Since(last.Time) < h.cfg.MaxAge/2 {
+				return nil // the message keeps the head for another half MaxAge
+			}
+			epoch, seq = last.Header.Get(hdrEpoch), last.Sequence
+			offset, _ = strconv.ParseUint(last.Header.Get(hdrOffset), 10, 64)
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			if written != 0 {
+				return nil
+			}
+			hd, err := h.readHead(ctx, ch) // from the entry, or a new epoch
+			if err != nil {
+				return err
+			}
+			epoch, offset = hd.epoch, hd.offset
+		default:
+			return err
+		}
+		value := epoch
+		if offset > 0 {
+			value += "+@" + strconv.FormatUint(offset, 10)
+		}
+		e, err := st.epochs.Get(ctx, epochKey(ch))
+		switch {
+		case err == nil:
+			if got, _, _ := splitEpoch(string(e.Value())); got != epoch {
+				return nil // another node started a new epoch meanwhile
+			}
+			_, err = st.epochs.Update(ctx, epochKey(ch), []byte(value), e.Revision())
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = st.epochs.Create(ctx, epochKey(ch), []byte(value))
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil // another node wrote it meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if seq == 0 {
+			return nil
+		}
+		written = seq
+	}
+	return nil
 }
 
 // markUsed records in the bucket that the epoch has messages, so that
@@ -257,7 +343,7 @@ func (h *History) markUsed(ctx context.Context, ch, epoch string) error {
 	if err != nil {
 		return err
 	}
-	if got, used := splitEpoch(string(e.Value())); got != epoch || used {
+	if got, used, _ := splitEpoch(string(e.Value())); got != epoch || used {
 		return nil
 	}
 	_, err = h.st.Load().epochs.Update(ctx, epochKey(ch), []byte(epoch+"+"), e.Revision())

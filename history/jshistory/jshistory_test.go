@@ -32,6 +32,11 @@ func embedded(t *testing.T) *server.Server {
 
 func open(t *testing.T, ns *server.Server) hub.History {
 	t.Helper()
+	return openWith(t, ns, jshistory.Config{})
+}
+
+func openWith(t *testing.T, ns *server.Server, cfg jshistory.Config) hub.History {
+	t.Helper()
 	nc, err := jetstream.ConnectEmbedded(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -39,11 +44,20 @@ func open(t *testing.T, ns *server.Server) hub.History {
 	t.Cleanup(nc.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, err := jshistory.New(ctx, nc, jshistory.Config{})
+	h, err := jshistory.New(ctx, nc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// TestKeep: a quiet channel with subscribers keeps its head after its
+// messages aged out of the stream, while the hub keeps it.
+func TestKeep(t *testing.T) {
+	const maxAge = time.Second
+	historytest.RunKeep(t, func(t *testing.T) hub.History {
+		return openWith(t, embedded(t), jshistory.Config{MaxAge: maxAge, Duplicates: maxAge / 2})
+	}, maxAge)
 }
 
 func TestConformance(t *testing.T) {

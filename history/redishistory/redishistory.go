@@ -267,6 +267,24 @@ func duplicate(m *hub.Message, epoch string, off uint64, rest []any, opts hub.Hi
 	return hub.ErrDuplicate
 }
 
+var _ hub.HistoryKeeper = (*History)(nil)
+
+// Keep implements hub.HistoryKeeper: it gives the channel's keys, if they
+// still exist, the lifetime an Append would (MaxAge plus the namespace's
+// TTL), so that a quiet channel with subscribers keeps its epoch and head.
+func (h *History) Keep(ctx context.Context, ch string, opts hub.HistoryOptions) error {
+	ttl := time.Duration(millis(h.cfg.MaxAge+max(opts.TTL, 0))) * time.Millisecond
+	_, err := h.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		p.PExpire(ctx, h.metaKey(ch), ttl)
+		p.PExpire(ctx, h.streamKey(ch), ttl)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redishistory: %s: keep: %w", ch, err)
+	}
+	return nil
+}
+
 // Head implements hub.History. It reads the channel's meta hash, and runs
 // the head script only when there is none, to start the epoch.
 func (h *History) Head(ctx context.Context, ch string, _ hub.HistoryOptions) (hub.Position, error) {

@@ -339,3 +339,11 @@ func BenchmarkSince(b *testing.B) {
 		})
 	}
 }
+
+// TestKeep: a quiet channel with subscribers keeps its head past MaxAge
+// while the hub keeps it.
+func TestKeep(t *testing.T) {
+	addr, _ := testutil.Redis(t)
+	const maxAge = 400 * time.Millisecond
+	historytest.RunKeep(t, func(t *testing.T) hub.History { return open(t, addr, redishistory.Config{MaxAge: maxAge}) }, maxAge)
+}

@@ -133,6 +133,43 @@ func RunLoss(t *testing.T, newHistory func(t *testing.T) (h hub.History, lose fu
 	}
 }
 
+// RunKeep checks a hub.HistoryKeeper: a quiet channel whose head would
+// expire after maxAge keeps its epoch and offsets for as long as Keep is
+// called (every quarter of maxAge here), and goes on from them (whether
+// the messages themselves are still there is the store's matter); a quiet
+// channel that nobody keeps starts a new epoch, as without Keep.
+// newHistory returns a store whose heads expire after maxAge.
+func RunKeep(t *testing.T, newHistory func(t *testing.T) hub.History, maxAge time.Duration) {
+	t.Helper()
+	h := newHistory(t)
+	hk, ok := h.(hub.HistoryKeeper)
+	if !ok {
+		t.Fatalf("%T is not a hub.HistoryKeeper", h)
+	}
+	o := hub.HistoryOptions{Size: 10}
+	kept, idle, empty := channel(t, "kept"), channel(t, "idle"), channel(t, "empty")
+	last := appendN(t, h, kept, 2, o)[1]
+	idleLast := appendN(t, h, idle, 2, o)[1]
+	emptyHead := head(t, h, empty, o) // subscribed, never published to
+	for end := time.Now().Add(3 * maxAge); time.Now().Before(end); time.Sleep(maxAge / 4) {
+		for _, ch := range []string{kept, empty} {
+			if err := hk.Keep(t.Context(), ch, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	checkSince(t, h, kept, pos(last.Epoch, 2), o, nil, pos(last.Epoch, 2), false)
+	if next := appendN(t, h, kept, 1, o)[0]; next.Epoch != last.Epoch || next.Offset != 3 {
+		t.Errorf("kept channel: the next append got %s:%d, want %s:3", next.Epoch, next.Offset, last.Epoch)
+	}
+	if got := head(t, h, empty, o); got != emptyHead {
+		t.Errorf("kept empty channel: head %v, want %v", got, emptyHead)
+	}
+	if got := head(t, h, idle, o); got.Epoch == idleLast.Epoch {
+		t.Errorf("a channel nobody kept still has its epoch %q after %v: the store did not expire it, so this test proves nothing", got.Epoch, 3*maxAge)
+	}
+}
+
 // ---- helpers ----
 
 // channel returns a channel name unique to this run.
