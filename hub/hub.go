@@ -256,41 +256,61 @@ func (h *Hub) sweepLoop(mh *MemoryHistory) {
 }
 
 // keepLoop tells hk, every HistoryKeepInterval, which channels have
-// subscribers on this node (see HistoryKeeper).
+// subscribers on this node (see HistoryKeeper). A pass stops early after
+// keepMaxFailures failures in a row (the store is down: the next pass
+// tries again), and at once when the hub shuts down.
 func (h *Hub) keepLoop(hk HistoryKeeper) {
 	t := time.NewTicker(h.cfg.HistoryKeepInterval)
 	defer t.Stop()
-	for {
+	// base ends with the hub (or this loop): a Keep in flight stops then.
+	base, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
 		select {
 		case <-h.done:
+			cancel()
+		case <-base.Done():
+		}
+	}()
+	for {
+		select {
+		case <-base.Done():
 			return
 		case <-t.C:
 		}
 		var chans []string
 		h.index.visit(func(ch string, n int) {
-			if n > 0 && ch != nodesChannel {
+			if n > 0 {
 				chans = append(chans, ch)
 			}
 		})
-		failed := 0
+		failed, inARow := 0, 0
 		var last error
 		for _, ch := range chans {
-			select {
-			case <-h.done:
+			if base.Err() != nil {
 				return
-			default:
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), brokerCallTimeout)
-			if err := hk.Keep(ctx, ch, h.namespace(ch).historyOptions()); err != nil {
-				failed, last = failed+1, err
+			ctx, cancelCall := context.WithTimeout(base, brokerCallTimeout)
+			err := hk.Keep(ctx, ch, h.namespace(ch).historyOptions())
+			cancelCall()
+			if err == nil {
+				inARow = 0
+				continue
 			}
-			cancel()
+			failed, inARow, last = failed+1, inARow+1, err
+			if inARow == keepMaxFailures {
+				break
+			}
 		}
-		if failed > 0 {
-			h.log.Warn("hub: keeping quiet channels' history failed", "channels", failed, "of", len(chans), "err", last)
+		if failed > 0 && base.Err() == nil {
+			h.log.Warn("hub: keeping quiet channels' history failed; trying again at the next pass",
+				"failed", failed, "channels", len(chans), "err", last)
 		}
 	}
 }
+
+// keepMaxFailures ends a keepLoop pass.
+const keepMaxFailures = 5
 
 // namespace returns the settings that apply to channel ch.
 func (h *Hub) namespace(ch string) NamespaceConfig {

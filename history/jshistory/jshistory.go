@@ -20,7 +20,8 @@
 // memory store; the stream physically keeps at most MaxPerChannel
 // messages per channel for at most MaxAge. A channel whose messages have
 // all aged out of the stream starts a new epoch, which readers see as a
-// gap.
+// gap, unless the hub keeps it (Keep: it has subscribers), when it goes on
+// from the head Keep wrote into its bucket entry.
 package jshistory
 
 import (
@@ -220,9 +221,18 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 	switch {
 	case err == nil && string(e.Value()) != "":
 		epoch, used, kept := splitEpoch(string(e.Value()))
-		if !used || kept > 0 {
-			// Never used, or kept by Keep: go on from the head it wrote.
-			return head{epoch: epoch, offset: kept}, nil
+		if !used {
+			return head{epoch: epoch}, nil
+		}
+		if kept > 0 {
+			trusted, err := h.trustKept(ctx, e)
+			if err != nil {
+				return hd, err
+			}
+			if trusted {
+				// Kept by Keep: go on from the head it wrote.
+				return head{epoch: epoch, offset: kept}, nil
+			}
 		}
 		// Messages were appended in this epoch and are gone: start another.
 		next := newEpoch()
@@ -257,17 +267,36 @@ func splitEpoch(v string) (epoch string, used bool, kept uint64) {
 	return v[:i], true, kept
 }
 
+// trustKept reports whether the head that Keep wrote into entry e can be
+// gone on from, the channel having no message left in the stream: only if
+// e was written less than MaxAge/2 ago, and after the stream was created.
+// A message appended after the head Keep read (on any node, however the
+// calls raced) is younger than MaxAge/2 while the entry is, so it would
+// still be in the stream; and a stream created after the entry lost the
+// messages since. Otherwise the channel starts a new epoch, as without
+// Keep.
+func (h *History) trustKept(ctx context.Context, e jetstream.KeyValueEntry) (bool, error) {
+	if time.Since(e.Created()) >= h.cfg.MaxAge/2 {
+		return false, nil
+	}
+	info, err := h.st.Load().stream.Info(ctx)
+	if err != nil {
+		return false, err
+	}
+	return e.Created().After(info.Created), nil
+}
+
 var _ hub.HistoryKeeper = (*History)(nil)
 
 // Keep implements hub.HistoryKeeper. A channel's head lives in its last
 // message, which the stream drops MaxAge after it was appended, and its
-// epoch in a bucket entry, which expires MaxAge after it was written. Once
-// the last message is half MaxAge old (or gone), Keep writes the head into
-// the entry ("EPOCH+@OFFSET"), restarting its lifetime; readHead goes on
-// from it when the stream has no message left. A message appended after
-// Keep read the head makes it write again; one appended after that outlives
-// the entry (it is younger), so the entry never names an old head while
-// the channel has newer messages.
+// epoch in a bucket entry, which expires MaxAge after it was written.
+// Keep writes the head into the entry ("EPOCH+@OFFSET") when the last
+// message is at least MaxAge/2 old (or gone) and the entry at least
+// MaxAge/4 old; readHead goes on from it when the stream has no message
+// left and the entry is younger than MaxAge/2 (see trustKept), which
+// holds for as long as the hub calls Keep more often than every MaxAge/4.
+// A quiet channel costs one bucket read per call, or two.
 func (h *History) Keep(ctx context.Context, ch string, _ hub.HistoryOptions) error {
 	err := h.keep(ctx, ch)
 	if err != nil && h.recover(ctx, err) {
@@ -281,59 +310,58 @@ func (h *History) Keep(ctx context.Context, ch string, _ hub.HistoryOptions) err
 
 func (h *History) keep(ctx context.Context, ch string) error {
 	st := h.st.Load()
-	written := uint64(0) // the last message's sequence when the head was written
-	for range 3 {
-		var epoch string
-		var offset, seq uint64
-		last, err := st.stream.GetLastMsgForSubject(ctx, h.subject(ch))
-		switch {
-		case err == nil:
-			if last.Sequence == written {
-				return nil // no message since the write
-			}
-			if written == 0 && time.Since(last.Time) < h.cfg.MaxAge/2 {
-				return nil // the message keeps the head for another half MaxAge
-			}
-			epoch, seq = last.Header.Get(hdrEpoch), last.Sequence
-			offset, _ = strconv.ParseUint(last.Header.Get(hdrOffset), 10, 64)
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			if written != 0 {
-				return nil
-			}
-			hd, err := h.readHead(ctx, ch) // from the entry, or a new epoch
-			if err != nil {
-				return err
-			}
-			epoch, offset = hd.epoch, hd.offset
-		default:
-			return err
+	e, err := st.epochs.Get(ctx, epochKey(ch))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		e = nil
+	case err != nil:
+		return err
+	case time.Since(e.Created()) < h.cfg.MaxAge/4:
+		return nil // written recently: nothing to do yet
+	}
+	var epoch string
+	var offset uint64
+	last, err := st.stream.GetLastMsgForSubject(ctx, h.subject(ch))
+	switch {
+	case err == nil:
+		if time.Since(last.Time) < h.cfg.MaxAge/2 {
+			return nil // the message holds the head for a while yet
 		}
-		value := epoch
-		if offset > 0 {
-			value += "+@" + strconv.FormatUint(offset, 10)
+		epoch = last.Header.Get(hdrEpoch)
+		offset, _ = strconv.ParseUint(last.Header.Get(hdrOffset), 10, 64)
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		if e == nil {
+			return nil // an unknown channel: its first use starts an epoch
 		}
-		e, err := st.epochs.Get(ctx, epochKey(ch))
-		switch {
-		case err == nil:
-			if got, _, _ := splitEpoch(string(e.Value())); got != epoch {
-				return nil // another node started a new epoch meanwhile
+		var used bool
+		epoch, used, offset = splitEpoch(string(e.Value()))
+		if used {
+			if trusted, err := h.trustKept(ctx, e); err != nil || offset == 0 || !trusted {
+				return err // its head is gone: the next use starts a new epoch
 			}
-			_, err = st.epochs.Update(ctx, epochKey(ch), []byte(value), e.Revision())
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = st.epochs.Create(ctx, epochKey(ch), []byte(value))
 		}
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil // another node wrote it meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		if seq == 0 {
+	default:
+		return err
+	}
+	value := epoch
+	if offset > 0 {
+		value += "+@" + strconv.FormatUint(offset, 10)
+	}
+	if e == nil {
+		_, err = st.epochs.Create(ctx, epochKey(ch), []byte(value))
+	} else {
+		// Never move an entry back: to another epoch, to an older head,
+		// or from used to unused.
+		got, used, kept := splitEpoch(string(e.Value()))
+		if got != epoch || offset < kept || used && offset == 0 {
 			return nil
 		}
-		written = seq
+		_, err = st.epochs.Update(ctx, epochKey(ch), []byte(value), e.Revision())
 	}
-	return nil
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil // another node wrote it meanwhile
+	}
+	return err
 }
 
 // markUsed records in the bucket that the epoch has messages, so that

@@ -40,7 +40,8 @@
 // min(Size, MaxPerChannel) entries (exact XADD MAXLEN), and a channel's
 // keys expire MaxAge plus the namespace's TTL after its last Append, so
 // idle channels disappear; a channel that only had Heads expires after
-// MaxAge.
+// MaxAge. Keep (the hub calls it for channels with subscribers) gives the
+// keys that lifetime again.
 //
 // Losing history: when Redis loses a channel's keys — it restarted
 // without persistence, was flushed, evicted them, or they expired — the

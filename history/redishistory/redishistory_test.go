@@ -344,6 +344,6 @@ func BenchmarkSince(b *testing.B) {
 // while the hub keeps it.
 func TestKeep(t *testing.T) {
 	addr, _ := testutil.Redis(t)
-	const maxAge = 400 * time.Millisecond
+	const maxAge = time.Second
 	historytest.RunKeep(t, func(t *testing.T) hub.History { return open(t, addr, redishistory.Config{MaxAge: maxAge}) }, maxAge)
 }

@@ -135,7 +135,7 @@ func RunLoss(t *testing.T, newHistory func(t *testing.T) (h hub.History, lose fu
 
 // RunKeep checks a hub.HistoryKeeper: a quiet channel whose head would
 // expire after maxAge keeps its epoch and offsets for as long as Keep is
-// called (every quarter of maxAge here), and goes on from them (whether
+// called (every eighth of maxAge here), and goes on from them (whether
 // the messages themselves are still there is the store's matter); a quiet
 // channel that nobody keeps starts a new epoch, as without Keep.
 // newHistory returns a store whose heads expire after maxAge.
@@ -151,7 +151,7 @@ func RunKeep(t *testing.T, newHistory func(t *testing.T) hub.History, maxAge tim
 	last := appendN(t, h, kept, 2, o)[1]
 	idleLast := appendN(t, h, idle, 2, o)[1]
 	emptyHead := head(t, h, empty, o) // subscribed, never published to
-	for end := time.Now().Add(3 * maxAge); time.Now().Before(end); time.Sleep(maxAge / 4) {
+	for end := time.Now().Add(3 * maxAge); time.Now().Before(end); time.Sleep(maxAge / 8) {
 		for _, ch := range []string{kept, empty} {
 			if err := hk.Keep(t.Context(), ch, o); err != nil {
 				t.Fatal(err)
