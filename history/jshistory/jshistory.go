@@ -20,8 +20,8 @@
 // memory store; the stream physically keeps at most MaxPerChannel
 // messages per channel for at most MaxAge. A channel whose messages have
 // all aged out of the stream starts a new epoch, which readers see as a
-// gap, unless the hub keeps it (Keep: it has subscribers), when it goes on
-// from the head Keep wrote into its bucket entry.
+// gap, unless the hub keeps it (Keep: it has subscribers), which appends a
+// marker of its head before its last message ages out.
 package jshistory
 
 import (
@@ -31,7 +31,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +68,9 @@ const (
 	hdrType    = "Herald-Type"
 	hdrTime    = "Herald-Time"
 	hdrChannel = "Herald-Channel"
+	// hdrKeep marks a message Keep appended to carry a quiet channel's
+	// head (its epoch and offset) on: readers skip it.
+	hdrKeep = "Herald-Keep"
 )
 
 // History is a hub.History on JetStream. It is safe for concurrent use.
@@ -220,19 +222,9 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 	e, err := h.st.Load().epochs.Get(ctx, epochKey(ch))
 	switch {
 	case err == nil && string(e.Value()) != "":
-		epoch, used, kept := splitEpoch(string(e.Value()))
+		epoch, used := splitEpoch(string(e.Value()))
 		if !used {
 			return head{epoch: epoch}, nil
-		}
-		if kept > 0 {
-			trusted, err := h.trustKept(ctx, e)
-			if err != nil {
-				return hd, err
-			}
-			if trusted {
-				// Kept by Keep: go on from the head it wrote.
-				return head{epoch: epoch, offset: kept}, nil
-			}
 		}
 		// Messages were appended in this epoch and are gone: start another.
 		next := newEpoch()
@@ -253,50 +245,27 @@ func (h *History) readHead(ctx context.Context, ch string) (head, error) {
 	return hd, err
 }
 
-// splitEpoch reads a bucket value: the epoch; "+" once a message was
-// appended in it; and "+@OFFSET" once Keep wrote the head of a quiet
-// channel, which the channel goes on from when its messages have aged out.
-func splitEpoch(v string) (epoch string, used bool, kept uint64) {
-	i := strings.IndexByte(v, '+')
-	if i < 0 {
-		return v, false, 0
+// splitEpoch reads a bucket value: the epoch, and "+" once a message was
+// appended in it.
+func splitEpoch(v string) (epoch string, used bool) {
+	if n := len(v); n > 0 && v[n-1] == '+' {
+		return v[:n-1], true
 	}
-	if rest, ok := strings.CutPrefix(v[i+1:], "@"); ok {
-		kept, _ = strconv.ParseUint(rest, 10, 64)
-	}
-	return v[:i], true, kept
-}
-
-// trustKept reports whether the head that Keep wrote into entry e can be
-// gone on from, the channel having no message left in the stream: only if
-// e was written less than MaxAge/2 ago, and after the stream was created.
-// A message appended after the head Keep read (on any node, however the
-// calls raced) is younger than MaxAge/2 while the entry is, so it would
-// still be in the stream; and a stream created after the entry lost the
-// messages since. Otherwise the channel starts a new epoch, as without
-// Keep.
-func (h *History) trustKept(ctx context.Context, e jetstream.KeyValueEntry) (bool, error) {
-	if time.Since(e.Created()) >= h.cfg.MaxAge/2 {
-		return false, nil
-	}
-	info, err := h.st.Load().stream.Info(ctx)
-	if err != nil {
-		return false, err
-	}
-	return e.Created().After(info.Created), nil
+	return v, false
 }
 
 var _ hub.HistoryKeeper = (*History)(nil)
 
 // Keep implements hub.HistoryKeeper. A channel's head lives in its last
-// message, which the stream drops MaxAge after it was appended, and its
-// epoch in a bucket entry, which expires MaxAge after it was written.
-// Keep writes the head into the entry ("EPOCH+@OFFSET") when the last
-// message is at least MaxAge/2 old (or gone) and the entry at least
-// MaxAge/4 old; readHead goes on from it when the stream has no message
-// left and the entry is younger than MaxAge/2 (see trustKept), which
-// holds for as long as the hub calls Keep more often than every MaxAge/4.
-// A quiet channel costs one bucket read per call, or two.
+// message, which the stream drops MaxAge after it was appended. Once that
+// message is half MaxAge old, Keep appends a marker (header Herald-Keep,
+// no data) with the same epoch and offset, expecting the channel's last
+// sequence to be that message's, so that it never races an append; readers
+// skip markers, and the head read from the marker is the same. A channel
+// with an epoch but no message yet (its bucket entry says so) gets a marker
+// at offset 0. The head so kept lives and dies with the stream: purged or
+// lost, the channel starts a new epoch as before. A channel whose last
+// message is young costs one read.
 func (h *History) Keep(ctx context.Context, ch string, _ hub.HistoryOptions) error {
 	err := h.keep(ctx, ch)
 	if err != nil && h.recover(ctx, err) {
@@ -310,75 +279,70 @@ func (h *History) Keep(ctx context.Context, ch string, _ hub.HistoryOptions) err
 
 func (h *History) keep(ctx context.Context, ch string) error {
 	st := h.st.Load()
-	e, err := st.epochs.Get(ctx, epochKey(ch))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		e = nil
-	case err != nil:
-		return err
-	case time.Since(e.Created()) < h.cfg.MaxAge/4:
-		return nil // written recently: nothing to do yet
-	}
-	var epoch string
-	var offset uint64
+	var epoch, offset string
+	var seq uint64
 	last, err := st.stream.GetLastMsgForSubject(ctx, h.subject(ch))
 	switch {
 	case err == nil:
 		if time.Since(last.Time) < h.cfg.MaxAge/2 {
 			return nil // the message holds the head for a while yet
 		}
-		epoch = last.Header.Get(hdrEpoch)
-		offset, _ = strconv.ParseUint(last.Header.Get(hdrOffset), 10, 64)
+		epoch, offset, seq = last.Header.Get(hdrEpoch), last.Header.Get(hdrOffset), last.Sequence
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		if e == nil {
+		e, err := st.epochs.Get(ctx, epochKey(ch))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil // an unknown channel: its first use starts an epoch
 		}
-		var used bool
-		epoch, used, offset = splitEpoch(string(e.Value()))
-		if used {
-			if trusted, err := h.trustKept(ctx, e); err != nil || offset == 0 || !trusted {
-				return err // its head is gone: the next use starts a new epoch
-			}
+		if err != nil {
+			return err
 		}
+		var used bool
+		if epoch, used = splitEpoch(string(e.Value())); used || epoch == "" {
+			return nil // its messages are gone: its next use starts a new epoch
+		}
+		offset = "0"
 	default:
 		return err
 	}
-	value := epoch
-	if offset > 0 {
-		value += "+@" + strconv.FormatUint(offset, 10)
-	}
-	if e == nil {
-		_, err = st.epochs.Create(ctx, epochKey(ch), []byte(value))
-	} else {
-		// Never move an entry back: to another epoch, to an older head,
-		// or from used to unused.
-		got, used, kept := splitEpoch(string(e.Value()))
-		if got != epoch || offset < kept || used && offset == 0 {
-			return nil
-		}
-		_, err = st.epochs.Update(ctx, epochKey(ch), []byte(value), e.Revision())
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return nil // another node wrote it meanwhile
+	msg := nats.NewMsg(h.subject(ch))
+	msg.Header.Set(hdrEpoch, epoch)
+	msg.Header.Set(hdrOffset, offset)
+	msg.Header.Set(hdrKeep, "1")
+	msg.Header.Set(hdrChannel, ch)
+	_, err = h.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(seq))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return nil // a message was appended meanwhile: it holds the head
 	}
 	return err
 }
 
 // markUsed records in the bucket that the epoch has messages, so that
 // losing them all later starts a new epoch.
+//
+// The entry may have expired meanwhile (a channel that Keep kept without
+// messages for longer than MaxAge): it is then created again.
 func (h *History) markUsed(ctx context.Context, ch, epoch string) error {
-	e, err := h.st.Load().epochs.Get(ctx, epochKey(ch))
-	if err != nil {
-		return err
+	epochs := h.st.Load().epochs
+	for range 10 {
+		e, err := epochs.Get(ctx, epochKey(ch))
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = epochs.Create(ctx, epochKey(ch), []byte(epoch+"+"))
+		case err != nil:
+			return err
+		default:
+			if got, used := splitEpoch(string(e.Value())); got != epoch || used {
+				return nil
+			}
+			_, err = epochs.Update(ctx, epochKey(ch), []byte(epoch+"+"), e.Revision())
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return err
+		}
+		// Another node wrote the entry meanwhile: read it again.
 	}
-	if got, used, _ := splitEpoch(string(e.Value())); got != epoch || used {
-		return nil
-	}
-	_, err = h.st.Load().epochs.Update(ctx, epochKey(ch), []byte(epoch+"+"), e.Revision())
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return nil // another node marked it
-	}
-	return err
+	return nil
 }
 
 func (h *History) cached(ch string) (head, bool) {
@@ -527,6 +491,9 @@ func (h *History) since(ctx context.Context, ch string, pos hub.Position, opts h
 			return nil, headPos, false, fmt.Errorf("jshistory: %s: %w", ch, err)
 		}
 		seq = raw.Sequence + 1
+		if raw.Header.Get(hdrKeep) != "" {
+			continue // Keep's marker of the head, not a message
+		}
 		m := decode(ch, raw)
 		if m.Epoch != hd.epoch || m.Offset < oldest || (!cutoff.IsZero() && m.Time.Before(cutoff)) {
 			continue

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -77,17 +76,6 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// keepFor calls Keep on ch every eighth of maxAge for d, as the hub does
-// for a channel with subscribers.
-func keepFor(t *testing.T, h hub.History, ch string, maxAge, d time.Duration) {
-	t.Helper()
-	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(maxAge / 8) {
-		if err := h.(hub.HistoryKeeper).Keep(t.Context(), ch, hub.HistoryOptions{Size: 10}); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func appendOne(t *testing.T, h hub.History, ch string) *hub.Message {
 	t.Helper()
 	m := &hub.Message{Message: broker.Message{Channel: ch, Type: "t", Data: []byte("1"), Time: time.Now()}}
@@ -113,76 +101,68 @@ func jsOf(t *testing.T, ns *server.Server) natsjs.JetStream {
 	return js
 }
 
-// epochsBucket returns the store's bucket of epochs (default prefix).
-func epochsBucket(t *testing.T, ns *server.Server) natsjs.KeyValue {
-	t.Helper()
-	kv, err := jsOf(t, ns).KeyValue(t.Context(), "herald_epochs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kv
-}
-
-// TestKeptHeadNeverReusesOffsets: the head Keep wrote is gone on from only
-// while nothing newer can have been lost: not from an entry older than half
-// MaxAge (a message appended after its head would have aged out too), and
-// not after the stream alone was lost (offsets 3-5 were appended after the
-// head 2 was written: going on from 2 would give offset 3 to another
-// message).
+// TestKeptHeadNeverReusesOffsets: the head Keep carries on is stored in
+// the stream, so it goes with the messages: after the stream is purged or
+// lost, the channel starts a new epoch (going on from the kept head 2
+// would give offset 3, appended after it, to another message).
 func TestKeptHeadNeverReusesOffsets(t *testing.T) {
 	const maxAge = time.Second
-	t.Run("an entry written after a newer message", func(t *testing.T) {
-		ns := embedded(t)
-		h := openWith(t, ns, jshistory.Config{MaxAge: maxAge, Duplicates: maxAge / 2})
-		appendOne(t, h, "thread:a")
-		first := appendOne(t, h, "thread:a")
-		appendOne(t, h, "thread:a")
-		// A Keep on another node read the head 2 before offset 3 was
-		// appended, and writes it after: the entry outlives offset 3.
-		time.Sleep(maxAge / 3)
-		kv := epochsBucket(t, ns)
-		if _, err := kv.Put(t.Context(), base64.RawURLEncoding.EncodeToString([]byte("thread:a")), []byte(first.Epoch+"+@2")); err != nil {
-			t.Fatal(err)
-		}
-		testutil.Eventually(t, 3*maxAge, func() error {
-			if got, err := h.Head(t.Context(), "thread:a", hub.HistoryOptions{Size: 10}); err != nil || got == (hub.Position{Epoch: first.Epoch, Offset: 3}) {
-				return fmt.Errorf("head %v, %v: offset 3 not aged out yet", got, err)
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, js natsjs.JetStream)
+	}{
+		{"purged", func(t *testing.T, js natsjs.JetStream) {
+			st, err := js.Stream(t.Context(), "herald_history")
+			if err != nil {
+				t.Fatal(err)
 			}
-			return nil
+			if err := st.Purge(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"deleted", func(t *testing.T, js natsjs.JetStream) {
+			if err := js.DeleteStream(t.Context(), "herald_history"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := embedded(t)
+			h := openWith(t, ns, jshistory.Config{MaxAge: maxAge, Duplicates: maxAge / 2})
+			js := jsOf(t, ns)
+			const ch = "thread:b"
+			appendOne(t, h, ch)
+			first := appendOne(t, h, ch)
+			subject := "herald.history." + base64.RawURLEncoding.EncodeToString([]byte(ch))
+			// Keep until it has appended its marker of the head 2 (once the
+			// messages are half MaxAge old).
+			testutil.Eventually(t, 2*maxAge, func() error {
+				if err := h.(hub.HistoryKeeper).Keep(t.Context(), ch, hub.HistoryOptions{Size: 10}); err != nil {
+					return err
+				}
+				st, err := js.Stream(t.Context(), "herald_history")
+				if err != nil {
+					return err
+				}
+				last, err := st.GetLastMsgForSubject(t.Context(), subject)
+				if err != nil || last.Header.Get("Herald-Keep") == "" || last.Header.Get("Herald-Offset") != "2" {
+					return fmt.Errorf("last message %v, %v: no marker of the head 2 yet", last, err)
+				}
+				return nil
+			})
+			for range 3 {
+				appendOne(t, h, ch)
+			}
+			if msgs, _, _, err := h.Since(t.Context(), ch, hub.Position{Epoch: first.Epoch, Offset: 1}, hub.HistoryOptions{Size: 10}); err != nil ||
+				len(msgs) != 4 || msgs[0].Offset != 2 || msgs[3].Offset != 5 {
+				t.Fatalf("Since(1) = %d messages, %v; want offsets 2-5 and no marker", len(msgs), err)
+			}
+			tc.lose(t, js)
+			if next := appendOne(t, h, ch); next.Epoch == first.Epoch {
+				t.Fatalf("after the stream was %s, the next append got %s:%d in the old epoch", tc.name, next.Epoch, next.Offset)
+			}
 		})
-		if next := appendOne(t, h, "thread:a"); next.Epoch == first.Epoch && next.Offset <= 3 {
-			t.Fatalf("after offset 3 aged out, the next append got %s:%d: offset reused", next.Epoch, next.Offset)
-		}
-	})
-	t.Run("stream lost", func(t *testing.T) {
-		const maxAge = 2 * time.Second // the entry stays fresh through the test
-		ns := embedded(t)
-		h := openWith(t, ns, jshistory.Config{MaxAge: maxAge, Duplicates: maxAge / 2})
-		appendOne(t, h, "thread:b")
-		first := appendOne(t, h, "thread:b")
-		kv := epochsBucket(t, ns)
-		// Keep until it has written the head 2 into the channel's entry
-		// (once the messages are half MaxAge old): the entry is fresh.
-		testutil.Eventually(t, 2*maxAge, func() error {
-			if err := h.(hub.HistoryKeeper).Keep(t.Context(), "thread:b", hub.HistoryOptions{Size: 10}); err != nil {
-				return err
-			}
-			e, err := kv.Get(t.Context(), base64.RawURLEncoding.EncodeToString([]byte("thread:b")))
-			if err != nil || !strings.HasSuffix(string(e.Value()), "+@2") {
-				return fmt.Errorf("entry %v, %v: the head not written yet", e, err)
-			}
-			return nil
-		})
-		for range 3 {
-			appendOne(t, h, "thread:b")
-		}
-		if err := jsOf(t, ns).DeleteStream(t.Context(), "herald_history"); err != nil {
-			t.Fatal(err)
-		}
-		if next := appendOne(t, h, "thread:b"); next.Epoch == first.Epoch {
-			t.Fatalf("after the stream was lost, the next append got %s:%d in the old epoch", next.Epoch, next.Offset)
-		}
-	})
+	}
 }
 
 // TestLossConformance: the history is lost when its stream and epochs

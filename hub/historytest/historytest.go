@@ -165,6 +165,9 @@ func RunKeep(t *testing.T, newHistory func(t *testing.T) hub.History, maxAge tim
 	if got := head(t, h, empty, o); got != emptyHead {
 		t.Errorf("kept empty channel: head %v, want %v", got, emptyHead)
 	}
+	if next := appendN(t, h, empty, 1, o)[0]; next.Epoch != emptyHead.Epoch || next.Offset != 1 {
+		t.Errorf("kept empty channel: the first append got %s:%d, want %s:1", next.Epoch, next.Offset, emptyHead.Epoch)
+	}
 	if got := head(t, h, idle, o); got.Epoch == idleLast.Epoch {
 		t.Errorf("a channel nobody kept still has its epoch %q after %v: the store did not expire it, so this test proves nothing", got.Epoch, 3*maxAge)
 	}
