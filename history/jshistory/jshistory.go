@@ -47,8 +47,9 @@ type Config struct {
 	// Prefix names the stream, the bucket and the subjects. Zero means
 	// "herald".
 	Prefix string
-	// MaxPerChannel is the most messages the stream keeps per channel;
-	// keep it at least the largest namespace history_size. Zero means 1000.
+	// MaxPerChannel is the most messages the stream keeps per channel
+	// (besides up to two of Keep's markers); keep it at least the largest
+	// namespace history_size. Zero means 1000.
 	MaxPerChannel int64
 	// MaxAge is how long the stream keeps a message; keep it longer than
 	// the largest history_ttl. Zero means 24h.
@@ -143,7 +144,7 @@ func (h *History) create(ctx context.Context) error {
 		Storage:           jetstream.FileStorage,
 		Retention:         jetstream.LimitsPolicy,
 		Discard:           jetstream.DiscardOld,
-		MaxMsgsPerSubject: cfg.MaxPerChannel,
+		MaxMsgsPerSubject: cfg.MaxPerChannel + maxMarkers,
 		MaxAge:            cfg.MaxAge,
 		Duplicates:        cfg.Duplicates,
 		AllowDirect:       true,
@@ -256,6 +257,12 @@ func splitEpoch(v string) (epoch string, used bool) {
 
 var _ hub.HistoryKeeper = (*History)(nil)
 
+// maxMarkers is how many of Keep's markers a channel's subject can hold at
+// once: each is appended at least MaxAge/2 after the message before it and
+// lives MaxAge. The stream keeps that many more messages per subject than
+// MaxPerChannel, so that markers never push out a message.
+const maxMarkers = 2
+
 // Keep implements hub.HistoryKeeper. A channel's head lives in its last
 // message, which the stream drops MaxAge after it was appended. Once that
 // message is half MaxAge old, Keep appends a marker (header Herald-Keep,
@@ -342,7 +349,7 @@ func (h *History) markUsed(ctx context.Context, ch, epoch string) error {
 		}
 		// Another node wrote the entry meanwhile: read it again.
 	}
-	return nil
+	return errors.New("marking the epoch used: the entry kept changing")
 }
 
 func (h *History) cached(ch string) (head, bool) {

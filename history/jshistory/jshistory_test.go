@@ -165,6 +165,28 @@ func TestKeptHeadNeverReusesOffsets(t *testing.T) {
 	}
 }
 
+// TestKeepMarkersDoNotEvict: a channel holding MaxPerChannel messages
+// keeps all of them when Keep adds its marker.
+func TestKeepMarkersDoNotEvict(t *testing.T) {
+	const maxAge = 2 * time.Second
+	h := openWith(t, embedded(t), jshistory.Config{MaxAge: maxAge, Duplicates: maxAge / 2, MaxPerChannel: 3})
+	const ch = "thread:full"
+	var first *hub.Message
+	for i := range 3 {
+		if m := appendOne(t, h, ch); i == 0 {
+			first = m
+		}
+	}
+	time.Sleep(maxAge/2 + 100*time.Millisecond)
+	if err := h.(hub.HistoryKeeper).Keep(t.Context(), ch, hub.HistoryOptions{Size: 3}); err != nil {
+		t.Fatal(err)
+	}
+	msgs, head, gap, err := h.Since(t.Context(), ch, hub.Position{Epoch: first.Epoch}, hub.HistoryOptions{Size: 3})
+	if err != nil || gap || len(msgs) != 3 || head.Offset != 3 {
+		t.Fatalf("Since(0) after Keep = %d messages, head %v, gap %v, %v; want the 3 messages, head 3, no gap", len(msgs), head, gap, err)
+	}
+}
+
 // TestLossConformance: the history is lost when its stream and epochs
 // bucket are deleted (by an operator, or a JetStream that comes back
 // without its store). The running History notices, creates both again
