@@ -134,6 +134,15 @@ func (h *MemoryHistory) dropOldest(r *ring) {
 	h.bytes.Add(-historySize(m))
 }
 
+// empty drops all of r's messages and its slots. r's shard's mu must be
+// held.
+func (h *MemoryHistory) empty(r *ring) {
+	for r.n > 0 {
+		h.dropOldest(r)
+	}
+	r.buf, r.start = nil, 0
+}
+
 // expire drops messages older than ttl from the front of r. r's shard's
 // mu must be held.
 func (h *MemoryHistory) expire(r *ring, now time.Time, ttl time.Duration) {
@@ -295,10 +304,7 @@ func (h *MemoryHistory) append(m *Message, opts HistoryOptions) (over, stale boo
 	m.Epoch, m.Offset = r.epoch, r.head
 	m.Seal()
 	if opts.Size <= 0 {
-		for r.n > 0 {
-			h.dropOldest(r)
-		}
-		r.buf, r.start = nil, 0
+		h.empty(r)
 		return false, false
 	}
 	h.expire(r, now, opts.TTL)
@@ -307,10 +313,7 @@ func (h *MemoryHistory) append(m *Message, opts HistoryOptions) (over, stale boo
 		// It alone is over the limit. A ring holds an unbroken run of
 		// offsets up to its head, so the channel keeps nothing before it.
 		h.trimmed.Add(uint64(r.n) + 1)
-		for r.n > 0 {
-			h.dropOldest(r)
-		}
-		r.buf, r.start = nil, 0
+		h.empty(r)
 		return false, false
 	}
 	h.makeRoom(r, opts.Size)

@@ -150,14 +150,14 @@ func (p *clusterParts) readPublishStream(ctx context.Context, rdb goredis.Univer
 		// A node that stops with nothing pending leaves the group.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), engineTimeout)
 		defer cancel()
-		if _, err := removeGoneConsumers(sctx, rdb, consumer, 0, consumer); err != nil {
+		if _, err := removeIdleConsumers(sctx, rdb, 0, func(name string) bool { return name == consumer }); err != nil {
 			p.log.Debug("publish stream: leaving the consumer group failed", "err", err)
 		}
 	}()
 	for ctx.Err() == nil {
 		if ready && time.Now().After(nextSweep) {
 			nextSweep = time.Now().Add(publishSweep)
-			if gone, err := removeGoneConsumers(ctx, rdb, "", publishConsumerGone, consumer); err != nil {
+			if gone, err := removeIdleConsumers(ctx, rdb, publishConsumerGone, func(name string) bool { return name != consumer }); err != nil {
 				p.log.Warn("publish stream: removing the consumers of nodes that left failed", "err", err)
 			} else if len(gone) > 0 {
 				p.log.Info("publish stream: removed the consumers of nodes that left", "consumers", gone)
@@ -199,16 +199,15 @@ func (p *clusterParts) readPublishStream(ctx context.Context, rdb goredis.Univer
 	}
 }
 
-// removeGoneConsumers deletes from the publish group the consumers with
-// nothing pending that have not read for longer than idle: only the one
-// named only, if only is not "", and never the one named keep, unless it
-// is only. Deleting a consumer drops its pending entries, so one with any
+// removeIdleConsumers deletes from the publish group the consumers that
+// which selects, have nothing pending and have not read for idle or
+// longer. Deleting a consumer drops its pending entries, so one with any
 // is kept: another node claims them after publishClaimIdle, and the
 // consumer goes at a later sweep. It returns the names deleted.
 //
 // Deleting can race only with a consumer reading at that instant, which a
 // consumer idle for idle does not (see the comment in the loop).
-func removeGoneConsumers(ctx context.Context, rdb goredis.UniversalClient, only string, idle time.Duration, keep string) ([]string, error) {
+func removeIdleConsumers(ctx context.Context, rdb goredis.UniversalClient, idle time.Duration, which func(name string) bool) ([]string, error) {
 	consumers, err := rdb.XInfoConsumers(ctx, PublishStream, publishGroup).Result()
 	if err != nil {
 		return nil, err
@@ -216,7 +215,7 @@ func removeGoneConsumers(ctx context.Context, rdb goredis.UniversalClient, only 
 	var gone []string
 	for _, c := range consumers {
 		switch {
-		case only != "" && c.Name != only, only == "" && c.Name == keep, c.Pending > 0, c.Idle < idle:
+		case !which(c.Name), c.Pending > 0, c.Idle < idle:
 			continue
 		}
 		// XGROUP DELCONSUMER drops what the consumer holds from the

@@ -600,11 +600,11 @@ func readyz(url string, want int) error {
 	return nil
 }
 
-// TestRemoveGoneConsumers: the publish group loses the consumers of nodes
+// TestRemoveIdleConsumers: the publish group loses the consumers of nodes
 // that left — idle, nothing pending — and keeps the others: one holding
 // an entry (another node claims it first), one that read recently, and
 // this node's own.
-func TestRemoveGoneConsumers(t *testing.T) {
+func TestRemoveIdleConsumers(t *testing.T) {
 	srv := testutil.StartRedis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 	defer rdb.Close()
@@ -628,7 +628,8 @@ func TestRemoveGoneConsumers(t *testing.T) {
 	if err := rdb.XGroupCreateConsumer(ctx, PublishStream, publishGroup, "recent").Err(); err != nil {
 		t.Fatal(err)
 	}
-	gone, err := removeGoneConsumers(ctx, rdb, "", 200*time.Millisecond, "self")
+	others := func(name string) bool { return name != "self" }
+	gone, err := removeIdleConsumers(ctx, rdb, 200*time.Millisecond, others)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -653,7 +654,8 @@ func TestRemoveGoneConsumers(t *testing.T) {
 	}
 	// Stopping, a node removes its own consumer, whatever its idle time,
 	// and nothing else.
-	if gone, err := removeGoneConsumers(ctx, rdb, "self", 0, "self"); err != nil || !slices.Equal(gone, []string{"self"}) {
+	self := func(name string) bool { return name == "self" }
+	if gone, err := removeIdleConsumers(ctx, rdb, 0, self); err != nil || !slices.Equal(gone, []string{"self"}) {
 		t.Errorf("removing self: %q, %v", gone, err)
 	}
 	if got := names(); !slices.Equal(got, []string{"holder", "recent"}) {
