@@ -8,10 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"regexp"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/internal/httpx"
+	"github.com/heraldhq/herald/internal/jsonscan"
 	"github.com/heraldhq/herald/pipeline"
 )
 
@@ -37,10 +38,33 @@ const (
 	CodeQueueUnavailable = "queue_unavailable"
 )
 
-var (
-	validEventID   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$`)
-	validEventType = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
-)
+// validEventID reports whether s is an event id: 1-128 of A-Z a-z 0-9
+// and ._:@/+-, starting with a letter or digit.
+func validEventID(s string) bool {
+	return validToken(s, 128, func(c byte) bool {
+		return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+	}, "._:@/+-")
+}
+
+// validEventType reports whether s is an event type: 1-64 of a-z 0-9 and
+// ._-, starting with a letter or digit.
+func validEventType(s string) bool {
+	return validToken(s, 64, func(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }, "._-")
+}
+
+// validToken reports whether s is 1 to max bytes, each alnum or one of
+// punct, the first alnum.
+func validToken(s string, max int, alnum func(byte) bool, punct string) bool {
+	if len(s) == 0 || len(s) > max || !alnum(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if !alnum(s[i]) && strings.IndexByte(punct, s[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // rejectedEvent says why one event of a request was refused.
 type rejectedEvent struct {
@@ -160,18 +184,20 @@ func splitEvents(body []byte, maxBatch int) ([]json.RawMessage, error) {
 // has none. On error the event holds what could be read of it.
 func (a *API) checkEvent(raw json.RawMessage) (pipeline.Event, error) {
 	cfg := a.cfg.Events
-	var ev pipeline.Event
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ev); err != nil {
-		return ev, fmt.Errorf("not a valid event object: %s", err)
+	ev, ok := quickEvent(raw)
+	if !ok {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&ev); err != nil {
+			return ev, fmt.Errorf("not a valid event object: %s", err)
+		}
 	}
 	switch {
-	case ev.ID != "" && !validEventID.MatchString(ev.ID):
+	case ev.ID != "" && !validEventID(ev.ID):
 		return ev, fmt.Errorf("id: want 1-128 letters, digits and ._:@/+- starting with a letter or digit")
 	case ev.Type == "":
 		return ev, fmt.Errorf("type: required")
-	case !validEventType.MatchString(ev.Type):
+	case !validEventType(ev.Type):
 		return ev, fmt.Errorf("type %q: want 1-64 lowercase letters, digits and ._-", ev.Type)
 	case len(bytes.TrimSpace(ev.Data)) == 0 || bytes.TrimSpace(ev.Data)[0] != '{':
 		return ev, fmt.Errorf("data: required, a JSON object")
@@ -186,11 +212,50 @@ func (a *API) checkEvent(raw json.RawMessage) (pipeline.Event, error) {
 	if ev.ID == "" {
 		ev.ID = newEventID()
 	}
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, ev.Data); err == nil {
-		ev.Data = compact.Bytes()
+	if !jsonscan.IsCompact(ev.Data) {
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, ev.Data); err == nil {
+			ev.Data = compact.Bytes()
+		}
 	}
 	return ev, nil
+}
+
+// quickEvent reads raw, valid JSON, as checkEvent's decoder would when
+// that is plain to see: an object with only the keys id, type and data,
+// id and type strings without escapes, data an object. ok is false
+// otherwise: decode to find out.
+func quickEvent(raw []byte) (ev pipeline.Event, ok bool) {
+	plain := true
+	ok = jsonscan.Members(jsonscan.TrimSpace(raw), func(k, v []byte) {
+		switch string(k) {
+		case "id", "type":
+			if len(v) < 2 || v[0] != '"' || !printableASCII(v) {
+				plain = false
+			} else if string(k) == "id" {
+				ev.ID = string(v[1 : len(v)-1])
+			} else {
+				ev.Type = string(v[1 : len(v)-1])
+			}
+		case "data":
+			plain = plain && v[0] == '{'
+			ev.Data = v
+		default:
+			plain = false
+		}
+	})
+	return ev, ok && plain
+}
+
+// printableASCII reports whether b holds only printable ASCII and no
+// backslash: a JSON string of it decodes to its bytes.
+func printableASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c >= 0x7f || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // newEventID returns a random event ID.

@@ -3,10 +3,18 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"regexp"
 	"testing"
 
 	"github.com/heraldhq/herald/hub"
 	"github.com/heraldhq/herald/pipeline"
+)
+
+// The event id and type rules as patterns, against which validEventID and
+// validEventType are checked.
+var (
+	eventIDPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$`)
+	eventTypePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 )
 
 // FuzzEventsBody feeds arbitrary bodies to POST /v1/events' parsing: it
@@ -18,6 +26,9 @@ func FuzzEventsBody(f *testing.F) {
 		`{"events":[{"type":"x","data":{}},{"type":"post.deleted","data":{"id":"p"}}]}`,
 		`{"events":[]}`, `{"events":null}`, `{"type":"x","data":[]}`, `{"id":"a\nb","type":"x","data":{}}`,
 		`{"type":"x","data":{},"extra":1}`, `[]`, `{`, ``,
+		`{"ID":"a","type":"x","data":{}}`, `{"id":"a","id":"b","type":"x","type":"y","data":{"a":1},"data":{ }}`,
+		`{"id":"\u0041","type":"x","data":{}}`, `{"id":null,"type":"x","data":{}}`, `{"id":"a","type":"x","data":null}`,
+		`evt-1`, `post.created`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -30,16 +41,27 @@ func FuzzEventsBody(f *testing.F) {
 		Validate: func(ev pipeline.Event) error { return pipeline.ValidateEvent(schemas, false, ev) },
 	}})
 	f.Fuzz(func(t *testing.T, body []byte) {
+		if validEventID(string(body)) != eventIDPattern.Match(body) || validEventType(string(body)) != eventTypePattern.Match(body) {
+			t.Fatalf("validEventID / validEventType disagree with the patterns on %q", body)
+		}
 		raws, err := splitEvents(body, a.cfg.Events.MaxBatch)
 		if err != nil {
 			return
 		}
 		for _, raw := range raws {
+			if q, ok := quickEvent(raw); ok {
+				var d pipeline.Event
+				dec := json.NewDecoder(bytes.NewReader(raw))
+				dec.DisallowUnknownFields()
+				if err := dec.Decode(&d); err != nil || d.ID != q.ID || d.Type != q.Type || !bytes.Equal(d.Data, q.Data) {
+					t.Fatalf("quickEvent(%s) = %+v; the decoder gives %+v, %v", raw, q, d, err)
+				}
+			}
 			ev, err := a.checkEvent(raw)
 			if err != nil {
 				continue
 			}
-			if !validEventID.MatchString(ev.ID) || !validEventType.MatchString(ev.Type) {
+			if !eventIDPattern.MatchString(ev.ID) || !eventTypePattern.MatchString(ev.Type) {
 				t.Fatalf("accepted id %q type %q", ev.ID, ev.Type)
 			}
 			var obj map[string]any

@@ -67,7 +67,7 @@ func FuzzValidChannel(f *testing.F) {
 }
 
 func FuzzNormalizeData(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, ` [1, 2] `, `"<script>"`, `"\u2028"`, "\"\u2028\"", `nul`, `{"a":}`, ``, `1 2`, `{"a":"&amp;"}`} {
+	for _, s := range []string{`{"a":1}`, ` [1, 2] `, `"<script>"`, `"\u2028"`, "\"\u2028\"", `nul`, `{"a":}`, ``, `1 2`, `{"a":"&amp;"}`, `{"a":"b c"}`, `{"a": "b"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -94,6 +94,18 @@ func FuzzNormalizeData(f *testing.F) {
 			if !bytes.Equal(ja, jc) {
 				t.Fatalf("value changed: %s → %s", ja, jc)
 			}
+		}
+		var compact bytes.Buffer
+		if json.Compact(&compact, out) != nil || !bytes.Equal(compact.Bytes(), out) {
+			t.Fatalf("output %q of %q is not compact", out, b)
+		}
+		// The hub keeps the output: it must not share the caller's bytes.
+		kept := bytes.Clone(out)
+		for i := range b {
+			b[i] = ' '
+		}
+		if !bytes.Equal(out, kept) {
+			t.Fatalf("output %q changed with its input", kept)
 		}
 	})
 }

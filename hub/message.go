@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/internal/jsonscan"
 )
 
 // TimeLayout is the layout of the envelope's "time" field: RFC 3339, UTC,
@@ -106,17 +107,24 @@ func NormalizeData(raw []byte) (json.RawMessage, error) {
 	if !json.Valid(raw) {
 		return nil, ErrInvalidData
 	}
-	var compact bytes.Buffer
-	compact.Grow(len(raw))
-	if err := json.Compact(&compact, raw); err != nil {
-		return nil, ErrInvalidData
+	compact, copied := raw, false
+	if !jsonscan.IsCompact(raw) {
+		var buf bytes.Buffer
+		buf.Grow(len(raw))
+		if err := json.Compact(&buf, raw); err != nil {
+			return nil, ErrInvalidData
+		}
+		compact, copied = buf.Bytes(), true
 	}
-	if !needsHTMLEscape(compact.Bytes()) {
-		return compact.Bytes(), nil
+	if !needsHTMLEscape(compact) {
+		if !copied {
+			compact = bytes.Clone(raw) // kept by the hub; the caller's may change
+		}
+		return compact, nil
 	}
 	var out bytes.Buffer
-	out.Grow(compact.Len() + 16)
-	json.HTMLEscape(&out, compact.Bytes())
+	out.Grow(len(compact) + 16)
+	json.HTMLEscape(&out, compact)
 	return out.Bytes(), nil
 }
 

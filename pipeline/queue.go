@@ -141,10 +141,18 @@ func CheckName(name string) error {
 // order: the "thread" field of the event's data, as JSON text, or "" when
 // there is none.
 func OrderKey(ev Event) string {
+	if k, sure := quickOrderKey(ev.Data); sure {
+		return k
+	}
+	return decodeOrderKey(ev.Data)
+}
+
+// decodeOrderKey is OrderKey by decoding data.
+func decodeOrderKey(data []byte) string {
 	var d struct {
 		Thread json.RawMessage `json:"thread"`
 	}
-	if json.Unmarshal(ev.Data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
+	if json.Unmarshal(data, &d) != nil || len(d.Thread) == 0 || string(d.Thread) == "null" {
 		return ""
 	}
 	return string(d.Thread)

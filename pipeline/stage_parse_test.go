@@ -199,6 +199,12 @@ func FuzzParse(f *testing.F) {
 		{"", `{}`}, {"x", `[]`}, {"x", `null`}, {"x", ``}, {"x", `{`}, {"x", `{}{}`},
 		{"bad type", `{}`}, {"x", "{\"\xff\":\"\xfe\"}"}, {"x", `{"a":"\u2028<script>"}`},
 		{"x", strings.Repeat("[", 20000)},
+		// ValidateEvent's shortcut must agree with the decode: duplicate
+		// and escaped keys, wrong kinds deep down.
+		{"post.created", `{"id":"p","thread":"t","forum":"f","author":{"id":"u"},"message":"m","message":1}`},
+		{"post.created", `{"id":"p","thread":"t","forum":"f","author":{"\u0069d":"u"},"message":"m"}`},
+		{"post.created", `{ "id" : "p" , "thread":"t","forum":"f","author":{"id":{}},"message":"m"}`},
+		{"post.deleted", `{"id":"p","thread":"t","forum":"f","thread":null}`},
 	} {
 		f.Add(seed.typ, []byte(seed.data))
 	}

@@ -1,0 +1,100 @@
+package jsonscan
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+func TestMember(t *testing.T) {
+	for _, tc := range []struct {
+		obj, key, val string
+		found, sure   bool
+	}{
+		{`{"a":1,"b":"x"}`, "b", `"x"`, true, true},
+		{`{ "a" : [1,{"b":2}] , "b" : {"c":"}"} }`, "b", `{"c":"}"}`, true, true},
+		{`{"a":"q\"uote","b":null}`, "b", `null`, true, true},
+		{`{"a":1,"a":2}`, "a", `2`, true, true}, // the last one, as a map decode
+		{`{"a":1}`, "b", ``, false, true},
+		{`{}`, "a", ``, false, true},
+		{`{"\u0061":1}`, "a", ``, false, false}, // an escaped key may be any key
+		{`{"é":1,"a":2}`, "a", ``, false, false},
+		{`[1]`, "a", ``, false, false},
+		{`"a"`, "a", ``, false, false},
+	} {
+		val, found, sure := Member([]byte(tc.obj), tc.key)
+		if string(val) != tc.val || found != tc.found || sure != tc.sure {
+			t.Errorf("Member(%s, %q) = %q, %v, %v; want %q, %v, %v", tc.obj, tc.key, val, found, sure, tc.val, tc.found, tc.sure)
+		}
+	}
+}
+
+func TestIsCompact(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{"a":"b c\n"}`:             true,
+		`{"a":"\"", "b":1}`:         false,
+		`{"a":"\\"}`:                true,
+		`[1,2]`:                     true,
+		` 1`:                        false,
+		`{"a":{"b":[true]}}` + "\n": false,
+	} {
+		if got := IsCompact([]byte(in)); got != want {
+			t.Errorf("IsCompact(%q) = %v", in, got)
+		}
+	}
+}
+
+// FuzzScan checks the shortcuts against encoding/json on valid JSON: what
+// Members reads of an object decodes to what a map decode gives, and
+// IsCompact agrees with json.Compact.
+func FuzzScan(f *testing.F) {
+	for _, seed := range []string{
+		`{"id":"p981","thread":"t42","author":{"id":"u7","name":"Ann"},"parent":null,"n":-1.5e3,"ok":true}`,
+		`{"a":1,"a":[2,{"a":"]"}]}`, `{ "a" : "x" , "b" : { } }`, `{}`, `[]`, `"s"`, `0`,
+		`{"a":"\u00e9\"\\"}`, `{"\u0061":1}`, "{\"\xff\":1}", `{"a":{"b":{"c":[[[]]]}}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !json.Valid(b) {
+			return
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, b); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := IsCompact(b), bytes.Equal(compact.Bytes(), b); got != want {
+			t.Fatalf("IsCompact(%q) = %v, json.Compact gives %q", b, got, compact.Bytes())
+		}
+		obj := TrimSpace(b)
+		var want map[string]any
+		if json.Unmarshal(obj, &want) != nil || want == nil {
+			if Members(obj, func(_, _ []byte) {}) {
+				t.Fatalf("Members read %q, which is not an object", obj)
+			}
+			return
+		}
+		got := map[string]any{}
+		sure := Members(obj, func(k, v []byte) {
+			var val any
+			if err := json.Unmarshal(v, &val); err != nil {
+				t.Fatalf("member %q: value %q does not decode: %v", k, v, err)
+			}
+			got[string(k)] = val
+		})
+		if sure && !reflect.DeepEqual(got, want) {
+			t.Fatalf("Members read %v; a map decode gives %v", got, want)
+		}
+		for k := range want {
+			val, found, sure := Member(obj, k)
+			if !sure {
+				continue
+			}
+			var v any
+			if !found || json.Unmarshal(val, &v) != nil || !reflect.DeepEqual(v, want[k]) {
+				t.Fatalf("Member(%q) = %q, %v; a map decode gives %v", k, val, found, want[k])
+			}
+		}
+	})
+}
