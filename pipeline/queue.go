@@ -124,6 +124,18 @@ type DoneStore interface {
 	MarkDone(ctx context.Context, key string) error
 }
 
+// BatchDoneStore is a DoneStore that also checks and marks many keys in
+// one round trip. A Runner whose DoneStore has these methods checks every
+// batch of events it claims at once and marks finished events in batches.
+type BatchDoneStore interface {
+	DoneStore
+	// DoneMany reports, for each key, whether it was marked.
+	DoneMany(ctx context.Context, keys []string) ([]bool, error)
+	// MarkDoneMany marks every key; when it returns nil every mark
+	// survives a crash.
+	MarkDoneMany(ctx context.Context, keys []string) error
+}
+
 // validName is what a pipeline (consumer group) or source name may be:
 // one token of a NATS subject, a Redis key or a RabbitMQ queue name.
 var validName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)

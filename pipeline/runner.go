@@ -121,12 +121,21 @@ func (r *Runner) Run(ctx context.Context) error {
 	// ends only when Run's caller gives up entirely: stages bound their
 	// own calls (HTTP timeout, queue acknowledgement timeout).
 	work := context.WithoutCancel(ctx)
+	batch := 16 * r.cfg.Lanes
+	// Published events are marked done and acknowledged by the finisher,
+	// in batches, while their lanes go on with the next event.
+	finish := make(chan finished, batch)
+	finisherDone := make(chan struct{})
+	go func() {
+		defer close(finisherDone)
+		r.runFinisher(work, finish)
+	}()
 	for i := range lanes {
 		lanes[i] = &lane{signal: make(chan struct{}, 1)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.runLane(ctx, work, lanes[i])
+			r.runLane(ctx, work, lanes[i], finish)
 		}()
 	}
 	defer func() {
@@ -134,9 +143,10 @@ func (r *Runner) Run(ctx context.Context) error {
 			l.close()
 		}
 		wg.Wait()
+		close(finish)
+		<-finisherDone
 	}()
 
-	batch := 16 * r.cfg.Lanes
 	errWait := 100 * time.Millisecond
 	next := 0
 	for ctx.Err() == nil {
@@ -158,7 +168,8 @@ func (r *Runner) Run(ctx context.Context) error {
 			continue
 		}
 		errWait = 100 * time.Millisecond
-		for _, j := range jobs {
+		done := r.checkDone(ctx, jobs)
+		for n, j := range jobs {
 			r.in.Add(1)
 			i := next
 			if k := j.OrderKey(); k != "" {
@@ -166,7 +177,11 @@ func (r *Runner) Run(ctx context.Context) error {
 			} else {
 				next = (next + 1) % len(lanes)
 			}
-			lanes[i].push(j)
+			lj := laneJob{j: j}
+			if done != nil {
+				lj.checked, lj.done = true, done[n]
+			}
+			lanes[i].push(lj)
 		}
 	}
 	return nil
@@ -177,11 +192,19 @@ type lane struct {
 	signal chan struct{} // capacity 1: the list went non-empty, or closed
 
 	mu     sync.Mutex
-	jobs   []Job // guarded by mu
-	closed bool  // guarded by mu
+	jobs   []laneJob // guarded by mu
+	closed bool      // guarded by mu
 }
 
-func (l *lane) push(j Job) {
+// laneJob is a claimed event and what the DoneStore said of it when its
+// batch was claimed.
+type laneJob struct {
+	j       Job
+	checked bool // the batch was checked (BatchDoneStore.DoneMany)
+	done    bool // and the event was marked done
+}
+
+func (l *lane) push(j laneJob) {
 	l.mu.Lock()
 	l.jobs = append(l.jobs, j)
 	l.mu.Unlock()
@@ -202,12 +225,12 @@ func (l *lane) close() {
 }
 
 // pop returns the next job, or false once the lane is closed and empty.
-func (l *lane) pop() (Job, bool) {
+func (l *lane) pop() (laneJob, bool) {
 	for {
 		l.mu.Lock()
 		if len(l.jobs) > 0 {
 			j := l.jobs[0]
-			l.jobs[0] = nil
+			l.jobs[0] = laneJob{}
 			l.jobs = l.jobs[1:]
 			if len(l.jobs) == 0 {
 				l.jobs = nil // let the backing array go
@@ -218,7 +241,7 @@ func (l *lane) pop() (Job, bool) {
 		closed := l.closed
 		l.mu.Unlock()
 		if closed {
-			return nil, false
+			return laneJob{}, false
 		}
 		<-l.signal
 	}
@@ -227,19 +250,19 @@ func (l *lane) pop() (Job, bool) {
 // runLane processes the lane's events until it is closed. Once ctx has
 // ended (or one of its events went back to the queue), every event after
 // goes back too, in order, unprocessed.
-func (r *Runner) runLane(ctx, work context.Context, l *lane) {
+func (r *Runner) runLane(ctx, work context.Context, l *lane, finish chan<- finished) {
 	givingBack := false
 	for {
-		j, ok := l.pop()
+		lj, ok := l.pop()
 		if !ok {
 			return
 		}
 		if givingBack || ctx.Err() != nil {
 			givingBack = true
-			_ = j.Retry(0)
+			_ = lj.j.Retry(0)
 			continue
 		}
-		if !r.process(ctx, work, j) {
+		if !r.process(ctx, work, lj, finish) {
 			givingBack = true
 		}
 	}
@@ -249,15 +272,21 @@ func (r *Runner) runLane(ctx, work context.Context, l *lane) {
 // its job. The stages and the acknowledgement run under work; a retry's
 // wait ends with ctx, when the job goes back to the queue and process
 // reports false.
-func (r *Runner) process(ctx, work context.Context, j Job) bool {
+func (r *Runner) process(ctx, work context.Context, lj laneJob, finish chan<- finished) bool {
+	j := lj.j
 	ev := j.Event()
-	key := r.cfg.Name + ":" + ev.ID
+	key := r.doneKey(ev)
 	if r.cfg.Done != nil {
 		// Checked on every delivery, not only those counted as
 		// redeliveries: after a crash the queue's delivery counts may be
 		// older than what was done, and the same event id may come back as
 		// a new message (a client resending it, a replayed dead letter).
-		if done, err := r.cfg.Done.Done(work, key); err == nil && done {
+		done := lj.done
+		if !lj.checked {
+			d, err := r.cfg.Done.Done(work, key)
+			done = err == nil && d
+		}
+		if done {
 			r.duplicates.Add(1)
 			if err := j.Ack(work); err == nil {
 				r.acked.Add(1)
@@ -273,18 +302,7 @@ func (r *Runner) process(ctx, work context.Context, j Job) bool {
 			if errors.Is(err, ErrDrop) {
 				r.dropped.Add(1)
 			}
-			if r.cfg.Done != nil {
-				if merr := r.cfg.Done.MarkDone(work, key); merr != nil {
-					r.cfg.Logger.Warn("pipeline: recording a finished event failed", "pipeline", r.cfg.Name, "event", ev.ID, "err", merr)
-				}
-			}
-			if aerr := j.Ack(work); aerr != nil {
-				// The queue delivers it again; the idempotency key keeps
-				// subscribers from seeing it twice.
-				r.cfg.Logger.Warn("pipeline: acknowledging an event failed", "pipeline", r.cfg.Name, "event", ev.ID, "err", aerr)
-				return true
-			}
-			r.acked.Add(1)
+			finish <- finished{j: j, key: key}
 			return true
 		case IsPermanent(err) || attempt >= r.cfg.Attempts:
 			r.deadLetter(work, j, err, attempt)
@@ -304,6 +322,104 @@ func (r *Runner) process(ctx, work context.Context, j Job) bool {
 	}
 }
 
+// doneKey is the DoneStore key of ev in this pipeline.
+func (r *Runner) doneKey(ev Event) string { return r.cfg.Name + ":" + ev.ID }
+
+// doneTimeout bounds asking a DoneStore about a claimed batch.
+const doneTimeout = 5 * time.Second
+
+// checkDone asks a BatchDoneStore about every event of a claimed batch
+// at once. It returns nil when the DoneStore is not one or did not
+// answer: each lane then asks about its own event.
+func (r *Runner) checkDone(ctx context.Context, jobs []Job) []bool {
+	bd, ok := r.cfg.Done.(BatchDoneStore)
+	if !ok || len(jobs) == 0 {
+		return nil
+	}
+	keys := make([]string, len(jobs))
+	for i, j := range jobs {
+		keys[i] = r.doneKey(j.Event())
+	}
+	ctx, cancel := context.WithTimeout(ctx, doneTimeout)
+	defer cancel()
+	done, err := bd.DoneMany(ctx, keys)
+	if err != nil || len(done) != len(keys) {
+		if ctx.Err() == nil {
+			r.cfg.Logger.Debug("pipeline: checking a batch of events failed; checking each", "pipeline", r.cfg.Name, "err", err)
+		}
+		return nil
+	}
+	return done
+}
+
+// finished is an event its lane is done with: published (or dropped by a
+// stage), to be marked done and acknowledged.
+type finished struct {
+	j   Job
+	key string
+}
+
+// maxFinishBatch bounds the events the finisher marks at once.
+const maxFinishBatch = 256
+
+// runFinisher marks done and acknowledges the events lanes finished, in
+// order, as many at once as have piled up, until finish is closed.
+// Acknowledging in the order of finish keeps, for each lane, the order
+// its events were published in.
+func (r *Runner) runFinisher(ctx context.Context, finish <-chan finished) {
+	batch := make([]finished, 0, maxFinishBatch)
+	keys := make([]string, 0, maxFinishBatch)
+	for f := range finish {
+		batch = append(batch[:0], f)
+	more:
+		for len(batch) < maxFinishBatch {
+			select {
+			case f, ok := <-finish:
+				if !ok {
+					break more
+				}
+				batch = append(batch, f)
+			default:
+				break more
+			}
+		}
+		r.finishBatch(ctx, batch, keys[:0])
+	}
+}
+
+// finishBatch marks batch done, then acknowledges each event: the mark
+// comes first, so that an event delivered again after a crash between
+// the two is not published again. A failed mark is logged; the event is
+// acknowledged all the same (its idempotency key still holds within the
+// hub's window).
+func (r *Runner) finishBatch(ctx context.Context, batch []finished, keys []string) {
+	switch d := r.cfg.Done.(type) {
+	case nil:
+	case BatchDoneStore:
+		for _, f := range batch {
+			keys = append(keys, f.key)
+		}
+		if err := d.MarkDoneMany(ctx, keys); err != nil {
+			r.cfg.Logger.Warn("pipeline: recording finished events failed", "pipeline", r.cfg.Name, "events", len(keys), "err", err)
+		}
+	default:
+		for _, f := range batch {
+			if err := d.MarkDone(ctx, f.key); err != nil {
+				r.cfg.Logger.Warn("pipeline: recording a finished event failed", "pipeline", r.cfg.Name, "event", f.j.Event().ID, "err", err)
+			}
+		}
+	}
+	for _, f := range batch {
+		if err := f.j.Ack(ctx); err != nil {
+			// The queue delivers it again; the DoneStore and the
+			// idempotency key keep subscribers from seeing it twice.
+			r.cfg.Logger.Warn("pipeline: acknowledging an event failed", "pipeline", r.cfg.Name, "event", f.j.Event().ID, "err", err)
+			continue
+		}
+		r.acked.Add(1)
+	}
+}
+
 func (r *Runner) deadLetter(ctx context.Context, j Job, reason error, attempts int) {
 	ev := j.Event()
 	r.cfg.Logger.Warn("pipeline: event dead-lettered", "pipeline", r.cfg.Name, "event", ev.ID,
@@ -319,7 +435,7 @@ func (r *Runner) deadLetter(ctx context.Context, j Job, reason error, attempts i
 
 // runStages passes a fresh Message for ev through every stage.
 func (r *Runner) runStages(ctx context.Context, ev Event) error {
-	m := &Message{Event: ev, Type: ev.Type, Key: r.cfg.Name + ":" + ev.ID}
+	m := &Message{Event: ev, Type: ev.Type, Key: r.doneKey(ev)}
 	for i := range r.stages {
 		sc := &r.stages[i]
 		sc.in.Add(1)

@@ -187,7 +187,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 }
 
 var (
-	_ pipeline.DoneStore = (*Queue)(nil)
+	_ pipeline.BatchDoneStore = (*Queue)(nil)
 	// doneKey turns an idempotency key into a KV key (letters, digits, - and _).
 	doneKey = base64.RawURLEncoding.EncodeToString
 )
@@ -209,6 +209,101 @@ func (q *Queue) MarkDone(ctx context.Context, key string) error {
 	_, err := q.done.Put(ctx, doneKey([]byte(key)), nil)
 	return err
 }
+
+// doneMaxBatch bounds the keys of one DoneMany request: the server
+// answers one with at most 1024 messages.
+const doneMaxBatch = 1000
+
+// DoneMany reports for each key whether it was marked done, asking
+// JetStream once per doneMaxBatch keys (a direct get of the last message
+// of many subjects). A server without direct gets answers with an error,
+// and the Runner then asks about each key.
+func (q *Queue) DoneMany(ctx context.Context, keys []string) ([]bool, error) {
+	done := make([]bool, len(keys))
+	for start := 0; start < len(keys); start += doneMaxBatch {
+		end := min(start+doneMaxBatch, len(keys))
+		if err := q.doneBatch(ctx, keys[start:end], done[start:end]); err != nil {
+			return nil, fmt.Errorf("jetstream: done: %w", err)
+		}
+	}
+	return done, nil
+}
+
+// doneBatch sets done[i] for each keys[i] that was marked.
+func (q *Queue) doneBatch(ctx context.Context, keys []string, done []bool) error {
+	prefix := q.doneSubjectPrefix()
+	at := make(map[string][]int, len(keys)) // subject → indexes in keys
+	subjects := make([]string, 0, len(keys))
+	for i, k := range keys {
+		subj := prefix + doneKey([]byte(k))
+		if _, seen := at[subj]; !seen {
+			subjects = append(subjects, subj)
+		}
+		at[subj] = append(at[subj], i)
+	}
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+		Batch     int      `json:"batch"`
+	}{subjects, len(subjects)})
+	if err != nil {
+		return err
+	}
+	inbox := q.nc.NewInbox()
+	sub, err := q.nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := q.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+q.done.Bucket(), inbox, req); err != nil {
+		return err
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return err
+		}
+		switch status := m.Header.Get(statusHdr); status {
+		case "": // a marked key
+		case "204", "404": // the end of the answer; none of the keys
+			return nil
+		default:
+			return fmt.Errorf("direct get: %s %s", status, m.Header.Get(descriptionHdr))
+		}
+		if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+			continue
+		}
+		for _, i := range at[m.Header.Get(jetstream.SubjectHeader)] {
+			done[i] = true
+		}
+	}
+}
+
+// The headers nats.go puts a status line in.
+const (
+	statusHdr      = "Status"
+	descriptionHdr = "Description"
+)
+
+// MarkDoneMany marks every key done, each mark confirmed by JetStream.
+func (q *Queue) MarkDoneMany(ctx context.Context, keys []string) error {
+	prefix := q.doneSubjectPrefix()
+	futures := make([]jetstream.PubAckFuture, 0, len(keys))
+	for _, k := range keys {
+		f, err := q.js.PublishAsync(prefix+doneKey([]byte(k)), nil)
+		if err != nil {
+			return fmt.Errorf("jetstream: mark done: %w", err)
+		}
+		futures = append(futures, f)
+	}
+	if err := waitAcks(ctx, futures); err != nil {
+		return fmt.Errorf("jetstream: mark done: %w", err)
+	}
+	return nil
+}
+
+// doneSubjectPrefix is what the done bucket's keys follow in their
+// subjects.
+func (q *Queue) doneSubjectPrefix() string { return "$KV." + q.done.Bucket() + "." }
 
 func (q *Queue) subjectAll() string                { return q.cfg.Prefix + ".events.all" }
 func (q *Queue) subjectReplay(group string) string { return q.cfg.Prefix + ".events.replay." + group }
@@ -247,6 +342,14 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 		}
 		futures = append(futures, f)
 	}
+	if err := waitAcks(ctx, futures); err != nil {
+		return fmt.Errorf("jetstream: enqueue: %w", err)
+	}
+	return nil
+}
+
+// waitAcks waits for JetStream to confirm every publish of futures.
+func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) error {
 	// The futures of a closed connection never complete: bound the wait.
 	timeout := time.NewTimer(enqueueTimeout)
 	defer timeout.Stop()
@@ -254,11 +357,11 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return fmt.Errorf("jetstream: enqueue: %w", err)
+			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timeout.C:
-			return fmt.Errorf("jetstream: enqueue: no acknowledgement in %v", enqueueTimeout)
+			return fmt.Errorf("no acknowledgement in %v", enqueueTimeout)
 		}
 	}
 	return nil

@@ -1,7 +1,8 @@
 // Package queuetest is the conformance suite every pipeline.Queue passes:
 // durable enqueue, one delivery per consumer group, per-key order, retry,
 // dead letters with replay and drop, duplicate IDs, and survival of a
-// restart of the queue's engine.
+// restart of the queue's engine. A queue that is also a DoneStore (or a
+// BatchDoneStore) has its marks checked too, across a restart.
 package queuetest
 
 import (
@@ -38,6 +39,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("RetriesThenDeadLetters", func(t *testing.T) { testDeadLetters(t, newHarness(t)) })
 	t.Run("DuplicateIDsStoredOnce", func(t *testing.T) { testDuplicates(t, newHarness(t)) })
 	t.Run("SurvivesRestart", func(t *testing.T) { testRestart(t, newHarness(t)) })
+	t.Run("DoneStore", func(t *testing.T) { testDoneStore(t, newHarness(t)) })
+	t.Run("SkipsFinishedEvents", func(t *testing.T) { testSkipsFinished(t, newHarness(t)) })
 }
 
 func open(t *testing.T, h Harness) pipeline.Queue {
@@ -340,4 +343,124 @@ func testRestart(t *testing.T, h Harness) {
 		return nil
 	})
 	checkOnceInOrder(t, rec.events(), evs)
+}
+
+// doneStore returns q as a DoneStore, or skips: the queue keeps no marks
+// (RabbitMQ's pipelines use another engine's).
+func doneStore(t *testing.T, q pipeline.Queue) pipeline.DoneStore {
+	t.Helper()
+	ds, ok := q.(pipeline.DoneStore)
+	if !ok {
+		t.Skipf("%T is not a DoneStore: it keeps no marks of finished events", q)
+	}
+	return ds
+}
+
+// testDoneStore checks marks one by one and in batches (over 1 000 keys,
+// with repeats), and that they survive a restart of the engine.
+func testDoneStore(t *testing.T, h Harness) {
+	q := open(t, h)
+	ds := doneStore(t, q)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	keys := make([]string, 2500)
+	var marked []string
+	for i := range keys {
+		keys[i] = fmt.Sprintf("p:evt-%d", i)
+		if i%3 == 0 {
+			marked = append(marked, keys[i])
+		}
+	}
+	if done, err := ds.Done(ctx, keys[0]); err != nil || done {
+		t.Fatalf("Done before any mark = %v, %v", done, err)
+	}
+	if err := ds.MarkDone(ctx, keys[0]); err != nil {
+		t.Fatalf("MarkDone: %v", err)
+	}
+	bds, batch := ds.(pipeline.BatchDoneStore)
+	if batch {
+		if err := bds.MarkDoneMany(ctx, marked[1:]); err != nil {
+			t.Fatalf("MarkDoneMany: %v", err)
+		}
+	} else {
+		for _, k := range marked[1:] {
+			if err := ds.MarkDone(ctx, k); err != nil {
+				t.Fatalf("MarkDone: %v", err)
+			}
+		}
+	}
+	check := func(ds pipeline.DoneStore) {
+		t.Helper()
+		for _, i := range []int{0, 1, 2, 3, 2499} {
+			if done, err := ds.Done(ctx, keys[i]); err != nil || done != (i%3 == 0) {
+				t.Fatalf("Done(%s) = %v, %v", keys[i], done, err)
+			}
+		}
+		bds, ok := ds.(pipeline.BatchDoneStore)
+		if !ok {
+			return
+		}
+		ask := append(slices.Clone(keys), keys[3], keys[4], "p:never")
+		done, err := bds.DoneMany(ctx, ask)
+		if err != nil || len(done) != len(ask) {
+			t.Fatalf("DoneMany(%d keys) = %d answers, %v", len(ask), len(done), err)
+		}
+		for i, k := range ask {
+			want := i < len(keys) && i%3 == 0 || k == keys[3]
+			if done[i] != want {
+				t.Fatalf("DoneMany: %s is %v, want %v", k, done[i], want)
+			}
+		}
+		if done, err := bds.DoneMany(ctx, []string{"p:never", "p:nor-this"}); err != nil || len(done) != 2 || done[0] || done[1] {
+			t.Fatalf("DoneMany of keys never marked = %v, %v", done, err)
+		}
+	}
+	check(ds)
+	q.Close()
+	h.Restart(t)
+	check(doneStore(t, open(t, h)))
+}
+
+// testSkipsFinishedEvents checks that a runner acknowledges, without
+// processing, the events its DoneStore has marked for its pipeline.
+func testSkipsFinished(t *testing.T, h Harness) {
+	q := open(t, h)
+	ds := doneStore(t, q)
+	evs := events("fin", 20, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	var want []pipeline.Event
+	for i, ev := range evs {
+		if i%4 == 1 {
+			if err := ds.MarkDone(ctx, "f:"+ev.ID); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want = append(want, ev)
+	}
+	// The same ids finished by another pipeline count for nothing here.
+	if err := ds.MarkDone(ctx, "other:"+evs[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Source(ctx, "f", pipeline.SourceConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, evs)
+	rec := &recorder{}
+	r := run(t, q, "f", rec, pipeline.Config{Lanes: 2, Done: ds})
+	eventually(t, "every event acknowledged", func() error {
+		st := r.Stats()
+		if st.Acked != uint64(len(evs)) || st.Duplicates != uint64(len(evs)-len(want)) {
+			return fmt.Errorf("acked %d, duplicates %d", st.Acked, st.Duplicates)
+		}
+		return nil
+	})
+	checkOnceInOrder(t, rec.events(), want)
+	// What the runner finished is marked now.
+	for _, ev := range want {
+		if done, err := ds.Done(ctx, "f:"+ev.ID); err != nil || !done {
+			t.Fatalf("Done(f:%s) after processing = %v, %v", ev.ID, done, err)
+		}
+	}
 }

@@ -133,7 +133,7 @@ type Queue struct {
 
 var (
 	_ pipeline.Queue     = (*Queue)(nil)
-	_ pipeline.DoneStore = (*Queue)(nil)
+	_ pipeline.BatchDoneStore = (*Queue)(nil)
 )
 
 // Open checks that rdb reaches a Redis 7.0 or later and returns the queue.
@@ -397,6 +397,40 @@ func (q *Queue) Done(ctx context.Context, key string) (bool, error) {
 		return false, fmt.Errorf("redisstream: done: %w", err)
 	}
 	return n > 0, nil
+}
+
+// DoneMany reports for each key whether it was marked done, in one round
+// trip (a pipeline of EXISTS).
+func (q *Queue) DoneMany(ctx context.Context, keys []string) ([]bool, error) {
+	cmds := make([]*redis.IntCmd, len(keys))
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Exists(ctx, q.doneKey(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redisstream: done: %w", err)
+	}
+	done := make([]bool, len(keys))
+	for i, c := range cmds {
+		done[i] = c.Val() > 0
+	}
+	return done, nil
+}
+
+// MarkDoneMany marks every key as MarkDone does, in one round trip.
+func (q *Queue) MarkDoneMany(ctx context.Context, keys []string) error {
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.SetNX(ctx, q.doneKey(k), 1, q.cfg.DoneMaxAge)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redisstream: mark done: %w", err)
+	}
+	return nil
 }
 
 // MarkDone marks key done for DoneMaxAge (SET NX EX). Like Enqueue, the
