@@ -132,7 +132,7 @@ type Queue struct {
 }
 
 var (
-	_ pipeline.Queue     = (*Queue)(nil)
+	_ pipeline.Queue          = (*Queue)(nil)
 	_ pipeline.BatchDoneStore = (*Queue)(nil)
 )
 
