@@ -123,8 +123,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	work := context.WithoutCancel(ctx)
 	batch := 16 * r.cfg.Lanes
 	// Published events are marked done and acknowledged by the finisher,
-	// in batches, while their lanes go on with the next event.
-	finish := make(chan finished, batch)
+	// in batches, while their lanes go on with the next event. What is
+	// published but not yet marked is published again after a crash (the
+	// idempotency keys then keep subscribers from seeing it twice): a
+	// small channel keeps that to a few events per lane.
+	finish := make(chan finished, r.cfg.Lanes)
 	finisherDone := make(chan struct{})
 	go func() {
 		defer close(finisherDone)
@@ -149,6 +152,7 @@ func (r *Runner) Run(ctx context.Context) error {
 
 	errWait := 100 * time.Millisecond
 	next := 0
+	var batchCheckOff time.Time // batch checks failed: each lane checks its own until then
 	for ctx.Err() == nil {
 		jobs, err := r.src.Fetch(ctx, batch, time.Second)
 		if err != nil {
@@ -168,7 +172,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			continue
 		}
 		errWait = 100 * time.Millisecond
-		done := r.checkDone(ctx, jobs)
+		done := r.checkDone(ctx, jobs, &batchCheckOff)
 		for n, j := range jobs {
 			r.in.Add(1)
 			i := next
@@ -282,7 +286,14 @@ func (r *Runner) process(ctx, work context.Context, lj laneJob, finish chan<- fi
 		// older than what was done, and the same event id may come back as
 		// a new message (a client resending it, a replayed dead letter).
 		done := lj.done
-		if !lj.checked {
+		if !lj.checked || j.Attempt() > 1 {
+			// A redelivery may be of an event this pipeline finished
+			// since its batch was checked (one that waited in a lane past
+			// the queue's claim time): once what the finisher holds is
+			// marked, ask again.
+			if lj.checked {
+				r.waitFinished(finish)
+			}
 			d, err := r.cfg.Done.Done(work, key)
 			done = err == nil && d
 		}
@@ -325,27 +336,35 @@ func (r *Runner) process(ctx, work context.Context, lj laneJob, finish chan<- fi
 // doneKey is the DoneStore key of ev in this pipeline.
 func (r *Runner) doneKey(ev Event) string { return r.cfg.Name + ":" + ev.ID }
 
-// doneTimeout bounds asking a DoneStore about a claimed batch.
-const doneTimeout = 5 * time.Second
+// doneTimeout bounds asking a DoneStore about a claimed batch;
+// batchCheckPause is how long batches go unchecked (each lane asks about
+// its own event) after that failed.
+const (
+	doneTimeout     = 2 * time.Second
+	batchCheckPause = 30 * time.Second
+)
 
 // checkDone asks a BatchDoneStore about every event of a claimed batch
-// at once. It returns nil when the DoneStore is not one or did not
-// answer: each lane then asks about its own event.
-func (r *Runner) checkDone(ctx context.Context, jobs []Job) []bool {
+// at once. It returns nil when the DoneStore is not one, did not answer,
+// or failed less than batchCheckPause ago (*off): each lane then asks
+// about its own event.
+func (r *Runner) checkDone(ctx context.Context, jobs []Job, off *time.Time) []bool {
 	bd, ok := r.cfg.Done.(BatchDoneStore)
-	if !ok || len(jobs) == 0 {
+	if !ok || len(jobs) == 0 || time.Now().Before(*off) {
 		return nil
 	}
 	keys := make([]string, len(jobs))
 	for i, j := range jobs {
 		keys[i] = r.doneKey(j.Event())
 	}
-	ctx, cancel := context.WithTimeout(ctx, doneTimeout)
+	lctx, cancel := context.WithTimeout(ctx, doneTimeout)
 	defer cancel()
-	done, err := bd.DoneMany(ctx, keys)
+	done, err := bd.DoneMany(lctx, keys)
 	if err != nil || len(done) != len(keys) {
 		if ctx.Err() == nil {
-			r.cfg.Logger.Debug("pipeline: checking a batch of events failed; checking each", "pipeline", r.cfg.Name, "err", err)
+			*off = time.Now().Add(batchCheckPause)
+			r.cfg.Logger.Warn("pipeline: checking a batch of events failed; checking each event for a while",
+				"pipeline", r.cfg.Name, "events", len(keys), "pause", batchCheckPause, "err", err)
 		}
 		return nil
 	}
@@ -353,19 +372,31 @@ func (r *Runner) checkDone(ctx context.Context, jobs []Job) []bool {
 }
 
 // finished is an event its lane is done with: published (or dropped by a
-// stage), to be marked done and acknowledged.
+// stage), to be marked done and acknowledged. One without a job is a
+// barrier: the finisher closes flushed once everything before it is done.
 type finished struct {
-	j   Job
-	key string
+	j       Job
+	key     string
+	flushed chan struct{}
+}
+
+// waitFinished returns once the finisher has marked and acknowledged
+// every event sent to it before.
+func (r *Runner) waitFinished(finish chan<- finished) {
+	flushed := make(chan struct{})
+	finish <- finished{flushed: flushed}
+	<-flushed
 }
 
 // maxFinishBatch bounds the events the finisher marks at once.
-const maxFinishBatch = 256
+const maxFinishBatch = 64
 
 // runFinisher marks done and acknowledges the events lanes finished, in
 // order, as many at once as have piled up, until finish is closed.
 // Acknowledging in the order of finish keeps, for each lane, the order
-// its events were published in.
+// its published events were published in (events a lane skips or
+// dead-letters it acknowledges itself; none of the queues depends on
+// the order of acknowledgements across events).
 func (r *Runner) runFinisher(ctx context.Context, finish <-chan finished) {
 	batch := make([]finished, 0, maxFinishBatch)
 	keys := make([]string, 0, maxFinishBatch)
@@ -384,6 +415,11 @@ func (r *Runner) runFinisher(ctx context.Context, finish <-chan finished) {
 			}
 		}
 		r.finishBatch(ctx, batch, keys[:0])
+		for _, f := range batch {
+			if f.flushed != nil {
+				close(f.flushed)
+			}
+		}
 	}
 }
 
@@ -397,19 +433,30 @@ func (r *Runner) finishBatch(ctx context.Context, batch []finished, keys []strin
 	case nil:
 	case BatchDoneStore:
 		for _, f := range batch {
-			keys = append(keys, f.key)
+			if f.j != nil {
+				keys = append(keys, f.key)
+			}
+		}
+		if len(keys) == 0 {
+			break
 		}
 		if err := d.MarkDoneMany(ctx, keys); err != nil {
 			r.cfg.Logger.Warn("pipeline: recording finished events failed", "pipeline", r.cfg.Name, "events", len(keys), "err", err)
 		}
 	default:
 		for _, f := range batch {
+			if f.j == nil {
+				continue
+			}
 			if err := d.MarkDone(ctx, f.key); err != nil {
 				r.cfg.Logger.Warn("pipeline: recording a finished event failed", "pipeline", r.cfg.Name, "event", f.j.Event().ID, "err", err)
 			}
 		}
 	}
 	for _, f := range batch {
+		if f.j == nil {
+			continue
+		}
 		if err := f.j.Ack(ctx); err != nil {
 			// The queue delivers it again; the DoneStore and the
 			// idempotency key keep subscribers from seeing it twice.

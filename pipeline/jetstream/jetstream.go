@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,6 +134,8 @@ type Queue struct {
 	events jetstream.Stream
 	dlq    jetstream.Stream
 	done   jetstream.KeyValue
+	// replies routes the answers to DoneMany's requests.
+	replies *replyMux
 }
 
 var _ pipeline.Queue = (*Queue)(nil)
@@ -182,6 +185,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: done bucket: %w", err)
+	}
+	if q.replies, err = newReplyMux(nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return q, nil
 }
@@ -248,29 +254,30 @@ func (q *Queue) doneBatch(ctx context.Context, keys []string, done []bool) error
 	if err != nil {
 		return err
 	}
-	inbox := q.nc.NewInbox()
-	sub, err := q.nc.SubscribeSync(inbox)
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
-	if err := q.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+q.done.Bucket(), inbox, req); err != nil {
+	// At most one message per subject, and the end of the answer.
+	reply, replies, finish := q.replies.call(len(subjects) + 1)
+	defer finish()
+	if err := q.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+q.done.Bucket(), reply, req); err != nil {
 		return err
 	}
 	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return err
+		var m *nats.Msg
+		select {
+		case m = <-replies:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		switch status := m.Header.Get(statusHdr); status {
-		case "": // a marked key
-		case "204", "404": // the end of the answer; none of the keys
+		switch status, descr := m.Header.Get(statusHdr), m.Header.Get(descriptionHdr); {
+		case status == "": // a marked key
+		case status == "204" && (m.Header.Get(numPendingHdr) == "0" || m.Header.Get(numPendingHdr) == ""):
+			return nil // the end of the answer
+		case status == "404" && descr == "No Results": // none of the keys
 			return nil
-		default:
-			return fmt.Errorf("direct get: %s %s", status, m.Header.Get(descriptionHdr))
+		default: // an error, or an answer cut short
+			return fmt.Errorf("direct get: %s %s (pending %q)", status, descr, m.Header.Get(numPendingHdr))
 		}
-		if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-			continue
+		if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" || m.Header.Get("Nats-Marker-Reason") != "" {
+			continue // deleted, purged or expired
 		}
 		for _, i := range at[m.Header.Get(jetstream.SubjectHeader)] {
 			done[i] = true
@@ -278,10 +285,67 @@ func (q *Queue) doneBatch(ctx context.Context, keys []string, done []bool) error
 	}
 }
 
-// The headers nats.go puts a status line in.
+// replyMux routes the answers to many requests, each possibly several
+// messages, from one subscription: a subscription per request would cost
+// the server a subscribe and an unsubscribe every time.
+type replyMux struct {
+	prefix string // of the reply subjects: an inbox and "."
+	sub    *nats.Subscription
+
+	mu    sync.Mutex
+	next  uint64
+	calls map[string]chan *nats.Msg // by reply token; guarded by mu
+}
+
+func newReplyMux(nc *nats.Conn) (*replyMux, error) {
+	m := &replyMux{prefix: nc.NewInbox() + ".", calls: map[string]chan *nats.Msg{}}
+	var err error
+	if m.sub, err = nc.Subscribe(m.prefix+"*", m.route); err != nil {
+		return nil, fmt.Errorf("reply subscription: %w", err)
+	}
+	return m, nil
+}
+
+// route hands msg to the call it answers. A call's channel holds every
+// message it can be sent; one for a call that gave up is dropped.
+func (m *replyMux) route(msg *nats.Msg) {
+	m.mu.Lock()
+	ch := m.calls[strings.TrimPrefix(msg.Subject, m.prefix)]
+	m.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- msg:
+		default:
+		}
+	}
+}
+
+// call returns a reply subject for a request answered by at most n
+// messages, the channel they arrive on, and finish, to call once the
+// answer is complete or no longer awaited.
+func (m *replyMux) call(n int) (reply string, replies <-chan *nats.Msg, finish func()) {
+	ch := make(chan *nats.Msg, n)
+	m.mu.Lock()
+	m.next++
+	token := strconv.FormatUint(m.next, 36)
+	m.calls[token] = ch
+	m.mu.Unlock()
+	return m.prefix + token, ch, func() {
+		m.mu.Lock()
+		delete(m.calls, token)
+		m.mu.Unlock()
+	}
+}
+
+// close ends the subscription.
+func (m *replyMux) close() { _ = m.sub.Unsubscribe() }
+
+// The headers nats.go puts a status line in, and the one in which a
+// direct get's end of answer counts what it left out.
 const (
 	statusHdr      = "Status"
 	descriptionHdr = "Description"
+	numPendingHdr  = "Nats-Num-Pending"
 )
 
 // MarkDoneMany marks every key done, each mark confirmed by JetStream.
@@ -295,7 +359,7 @@ func (q *Queue) MarkDoneMany(ctx context.Context, keys []string) error {
 		}
 		futures = append(futures, f)
 	}
-	if err := waitAcks(ctx, futures); err != nil {
+	if err := waitAcks(ctx, futures, markTimeout); err != nil {
 		return fmt.Errorf("jetstream: mark done: %w", err)
 	}
 	return nil
@@ -342,16 +406,21 @@ func (q *Queue) Enqueue(ctx context.Context, events []pipeline.Event) error {
 		}
 		futures = append(futures, f)
 	}
-	if err := waitAcks(ctx, futures); err != nil {
+	if err := waitAcks(ctx, futures, enqueueTimeout); err != nil {
 		return fmt.Errorf("jetstream: enqueue: %w", err)
 	}
 	return nil
 }
 
-// waitAcks waits for JetStream to confirm every publish of futures.
-func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) error {
+// markTimeout bounds waiting for JetStream to confirm marks, as a
+// key-value Put is bounded, well within the claim time of the events.
+const markTimeout = 5 * time.Second
+
+// waitAcks waits up to limit for JetStream to confirm every publish of
+// futures.
+func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture, limit time.Duration) error {
 	// The futures of a closed connection never complete: bound the wait.
-	timeout := time.NewTimer(enqueueTimeout)
+	timeout := time.NewTimer(limit)
 	defer timeout.Stop()
 	for _, f := range futures {
 		select {
@@ -361,7 +430,7 @@ func waitAcks(ctx context.Context, futures []jetstream.PubAckFuture) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timeout.C:
-			return fmt.Errorf("no acknowledgement in %v", enqueueTimeout)
+			return fmt.Errorf("no acknowledgement in %v", limit)
 		}
 	}
 	return nil
@@ -416,9 +485,12 @@ func (q *Queue) Stats(ctx context.Context, group string) (pipeline.QueueStats, e
 	return st, nil
 }
 
-// Close does nothing: the queue holds no resources besides the
-// connection, which its owner closes.
-func (q *Queue) Close() error { return nil }
+// Close ends the queue's reply subscription; the connection is its
+// owner's to close.
+func (q *Queue) Close() error {
+	q.replies.close()
+	return nil
+}
 
 // source is one pipeline's consumer. Claimed messages flow continuously
 // (JetStream's pull consumer keeps up to a batch requested ahead) into a

@@ -41,6 +41,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("SurvivesRestart", func(t *testing.T) { testRestart(t, newHarness(t)) })
 	t.Run("DoneStore", func(t *testing.T) { testDoneStore(t, newHarness(t)) })
 	t.Run("SkipsFinishedEvents", func(t *testing.T) { testSkipsFinished(t, newHarness(t)) })
+	t.Run("RedeliveredWhileWaitingPublishedOnce", func(t *testing.T) { testRedeliveredWhileWaiting(t, newHarness(t)) })
 }
 
 func open(t *testing.T, h Harness) pipeline.Queue {
@@ -94,7 +95,13 @@ func (r *recorder) events() []pipeline.Event {
 // run starts a runner of group over q with rec, stopped at cleanup.
 func run(t *testing.T, q pipeline.Queue, group string, rec *recorder, cfg pipeline.Config) *pipeline.Runner {
 	t.Helper()
-	src, err := q.Source(context.Background(), group, pipeline.SourceConfig{AckWait: 2 * time.Second})
+	return runWith(t, q, group, rec, cfg, pipeline.SourceConfig{AckWait: 2 * time.Second})
+}
+
+// runWith is run with the source configured by scfg.
+func runWith(t *testing.T, q pipeline.Queue, group string, rec *recorder, cfg pipeline.Config, scfg pipeline.SourceConfig) *pipeline.Runner {
+	t.Helper()
+	src, err := q.Source(context.Background(), group, scfg)
 	if err != nil {
 		t.Fatalf("Source(%s): %v", group, err)
 	}
@@ -463,4 +470,35 @@ func testSkipsFinished(t *testing.T, h Harness) {
 			t.Fatalf("Done(f:%s) after processing = %v, %v", ev.ID, done, err)
 		}
 	}
+}
+
+// testRedeliveredWhileWaiting holds a thread's first event in its stage
+// past the claim time, so that the queue delivers it and the events
+// queued behind it again: a runner with a DoneStore processes each once.
+func testRedeliveredWhileWaiting(t *testing.T, h Harness) {
+	q := open(t, h)
+	ds := doneStore(t, q)
+	evs := events("wait", 3, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := q.Source(ctx, "w", pipeline.SourceConfig{AckWait: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, q, evs)
+	rec := &recorder{fail: func(ev pipeline.Event, try int) error {
+		if ev.ID == evs[0].ID && try == 1 {
+			time.Sleep(2500 * time.Millisecond) // past the claim time of everything queued
+		}
+		return nil
+	}}
+	r := runWith(t, q, "w", rec, pipeline.Config{Lanes: 1, Done: ds}, pipeline.SourceConfig{AckWait: time.Second})
+	eventually(t, "every event and a redelivery acknowledged", func() error {
+		st := r.Stats()
+		if st.Acked < uint64(len(evs)) || st.Duplicates == 0 {
+			return fmt.Errorf("acked %d, duplicates %d", st.Acked, st.Duplicates)
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // a duplicate publish would follow at once
+	checkOnceInOrder(t, rec.events(), evs)
 }
