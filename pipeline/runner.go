@@ -125,9 +125,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	// Published events are marked done and acknowledged by the finisher,
 	// in batches, while their lanes go on with the next event. What is
 	// published but not yet marked is published again after a crash (the
-	// idempotency keys then keep subscribers from seeing it twice): a
-	// small channel keeps that to a few events per lane.
-	finish := make(chan finished, r.cfg.Lanes)
+	// idempotency keys then keep subscribers from seeing it twice): as
+	// before batching, what the last mark's round trip or so let through.
+	finish := make(chan finished, batch)
 	finisherDone := make(chan struct{})
 	go func() {
 		defer close(finisherDone)
@@ -389,7 +389,7 @@ func (r *Runner) waitFinished(finish chan<- finished) {
 }
 
 // maxFinishBatch bounds the events the finisher marks at once.
-const maxFinishBatch = 64
+const maxFinishBatch = 256
 
 // runFinisher marks done and acknowledges the events lanes finished, in
 // order, as many at once as have piled up, until finish is closed.
