@@ -134,6 +134,10 @@ type Queue struct {
 	events jetstream.Stream
 	dlq    jetstream.Stream
 	done   jetstream.KeyValue
+
+	// marks publishes the done marks: a context of its own, so that a
+	// flood of enqueued events cannot fill the marks' in-flight limit.
+	marks jetstream.JetStream
 	// replies routes the answers to DoneMany's requests.
 	replies *replyMux
 }
@@ -148,7 +152,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	q := &Queue{cfg: cfg, nc: nc, js: js}
+	marks, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	q := &Queue{cfg: cfg, nc: nc, js: js, marks: marks}
 	q.events, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Prefix + "_events",
 		Description: "Herald: events waiting for the pipelines",
@@ -353,7 +361,7 @@ func (q *Queue) MarkDoneMany(ctx context.Context, keys []string) error {
 	prefix := q.doneSubjectPrefix()
 	futures := make([]jetstream.PubAckFuture, 0, len(keys))
 	for _, k := range keys {
-		f, err := q.js.PublishAsync(prefix+doneKey([]byte(k)), nil)
+		f, err := q.marks.PublishAsync(prefix+doneKey([]byte(k)), nil)
 		if err != nil {
 			return fmt.Errorf("jetstream: mark done: %w", err)
 		}
