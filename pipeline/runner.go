@@ -289,9 +289,9 @@ func (r *Runner) process(ctx, work context.Context, lj laneJob, finish chan<- fi
 		if !lj.checked || j.Attempt() > 1 {
 			// A redelivery may be of an event this pipeline finished
 			// since its batch was checked (one that waited in a lane past
-			// the queue's claim time): once what the finisher holds is
-			// marked, ask again.
-			if lj.checked {
+			// the queue's claim time), its mark still with the finisher:
+			// once what the finisher holds is marked, ask.
+			if j.Attempt() > 1 {
 				r.waitFinished(finish)
 			}
 			d, err := r.cfg.Done.Done(work, key)

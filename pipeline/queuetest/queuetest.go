@@ -41,7 +41,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("SurvivesRestart", func(t *testing.T) { testRestart(t, newHarness(t)) })
 	t.Run("DoneStore", func(t *testing.T) { testDoneStore(t, newHarness(t)) })
 	t.Run("SkipsFinishedEvents", func(t *testing.T) { testSkipsFinished(t, newHarness(t)) })
-	t.Run("RedeliveredWhileWaitingPublishedOnce", func(t *testing.T) { testRedeliveredWhileWaiting(t, newHarness(t)) })
+	t.Run("RedeliveredWhileWaitingPublishedOnce", func(t *testing.T) { testRedeliveredWhileWaiting(t, newHarness(t), false) })
+	t.Run("RedeliveredWhileWaitingPublishedOnceCheckedOneByOne", func(t *testing.T) { testRedeliveredWhileWaiting(t, newHarness(t), true) })
 }
 
 func open(t *testing.T, h Harness) pipeline.Queue {
@@ -475,9 +476,13 @@ func testSkipsFinished(t *testing.T, h Harness) {
 // testRedeliveredWhileWaiting holds a thread's first event in its stage
 // past the claim time, so that the queue delivers it and the events
 // queued behind it again: a runner with a DoneStore processes each once.
-func testRedeliveredWhileWaiting(t *testing.T, h Harness) {
+// oneByOne hides the store's batch methods.
+func testRedeliveredWhileWaiting(t *testing.T, h Harness, oneByOne bool) {
 	q := open(t, h)
 	ds := doneStore(t, q)
+	if oneByOne {
+		ds = struct{ pipeline.DoneStore }{ds}
+	}
 	evs := events("wait", 3, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
