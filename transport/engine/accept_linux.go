@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -240,7 +241,7 @@ func (a *acceptor) cleanup(err error) {
 // takes the listener out of epoll for a moment, as net/http backs off.
 func (a *acceptor) accept() {
 	for range 256 {
-		fd, sa, err := unix.Accept4(a.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, remote, err := accept4(a.lfd)
 		switch {
 		case err == nil:
 		case errors.Is(err, unix.EAGAIN):
@@ -254,7 +255,6 @@ func (a *acceptor) accept() {
 			}
 			return
 		}
-		remote := sockaddrAddrPort(sa)
 		n, err := unix.Read(fd, a.buf)
 		switch {
 		case n > 0:
@@ -546,17 +546,40 @@ func (a *acceptor) handOff(fd int, data []byte) {
 	}
 }
 
-// sockaddrAddrPort is a peer's address as a value: it costs an
-// allocation only when a net.Addr or a string is asked of it. An
+// accept4 accepts a connection on the listening socket lfd, non-blocking
+// and close-on-exec, and returns its peer's address as a value (an
+// allocation only when a net.Addr or a string is asked of it).
+// unix.Accept4 would also ask the kernel for the socket's protocol, a
+// second system call per connection, and allocate a unix.Sockaddr.
+func accept4(lfd int) (int, netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	fd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)),
+		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, netip.AddrPort{}, errno
+	}
+	return int(fd), rawAddrPort(&rsa), nil
+}
+
+// rawAddrPort reads an IPv4 or IPv6 address the kernel wrote. An
 // IPv4-mapped IPv6 address is unmapped, as net.IP prints it.
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+func rawAddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), networkPort(&sa.Port))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), networkPort(&sa.Port))
 	}
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+}
+
+// networkPort reads a port stored in network byte order.
+func networkPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // rawConn is the connection a handler on the engine's path hijacks: the
