@@ -153,16 +153,17 @@ func TestEndToEndInProcess(t *testing.T) {
 }
 
 // TestEndToEndReaders runs both subscriber readers over both transports
-// against a server that pings every 400ms and closes a connection that
-// has not answered within 800ms (well inside the 2.5s run, with room for
-// a loaded machine): the epoll reader must answer pings.
+// against a server that pings every second and closes a connection that
+// has not answered within 2s (well inside the 4s run): the epoll reader
+// must answer pings. A ping every 400ms left too little room on a CI
+// machine running other packages' -race tests at the same time.
 func TestEndToEndReaders(t *testing.T) {
 	for _, reader := range []string{"epoll", "goroutine"} {
 		for _, transport := range []string{"sse", "ws"} {
 			t.Run(reader+"/"+transport, func(t *testing.T) {
-				url := startServerWith(t, ws.Config{Heartbeat: 400 * time.Millisecond})
+				url := startServerWith(t, ws.Config{Heartbeat: time.Second})
 				code, rep, stdout, stderr := runBench(t, "--url", url, "--transport", transport, "--in-process",
-					"--reader", reader, "--subscribers", "60", "--channels", "6", "--rate", "300", "--duration", "2500ms",
+					"--reader", reader, "--subscribers", "60", "--channels", "6", "--rate", "300", "--duration", "4s",
 					"--drain", "500ms", "--workers", "2", "--source-ips", "127.0.0.2-127.0.0.5", "--payload-bytes", "700")
 				checkClean(t, code, rep, stdout, stderr, 60, 6)
 				if rep.Reader != reader || !strings.Contains(stdout, "("+reader+" reader)") {
