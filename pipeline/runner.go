@@ -125,8 +125,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	// Published events are marked done and acknowledged by the finisher,
 	// in batches, while their lanes go on with the next event. What is
 	// published but not yet marked is published again after a crash (the
-	// idempotency keys then keep subscribers from seeing it twice): as
-	// before batching, what the last mark's round trip or so let through.
+	// idempotency keys then keep subscribers from seeing it twice): at
+	// most the batch being marked (maxFinishBatch), this channel's events
+	// and one per lane, all published within a mark round trip or two.
 	finish := make(chan finished, batch)
 	finisherDone := make(chan struct{})
 	go func() {
