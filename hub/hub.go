@@ -393,9 +393,13 @@ func (h *Hub) Publish(ctx context.Context, p Publication) ([]PublishResult, erro
 
 func (h *Hub) publish(ctx context.Context, channels []string, typ string, data json.RawMessage, key string) ([]PublishResult, error) {
 	now := time.Now()
+	var st *stamp
+	if len(channels) > 1 {
+		st = newStamp(now)
+	}
 	results := make([]PublishResult, 0, len(channels))
 	for _, ch := range channels {
-		m := &Message{Message: broker.Message{Channel: ch, Type: typ, Data: data, Time: now}, Key: key}
+		m := &Message{Message: broker.Message{Channel: ch, Type: typ, Data: data, Time: now}, Key: key, stamp: st}
 		if err := h.publishOne(ctx, m); err != nil {
 			return results, &ChannelError{Channel: ch, Err: err}
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/internal/jsonscan"
@@ -34,6 +35,10 @@ type Message struct {
 	// it; sessions skip offsets they already have.
 	Key string
 
+	// stamp, until Seal, is the publish's time formatted once for all its
+	// channels, or nil.
+	stamp *stamp
+
 	sseOnce sync.Once
 	sse     []byte
 }
@@ -43,7 +48,7 @@ type Message struct {
 func newMessage(bm *broker.Message) *Message {
 	m := &Message{Message: *bm}
 	if m.Envelope == nil {
-		m.Envelope = appendEnvelope(nil, &m.Message)
+		m.Envelope = appendEnvelope(make([]byte, 0, envelopeSize(&m.Message)), &m.Message, nil)
 	}
 	return m
 }
@@ -52,7 +57,8 @@ func newMessage(bm *broker.Message) *Message {
 // it after assigning Epoch and Offset and before the message becomes visible
 // to readers; after Seal the message must not change.
 func (m *Message) Seal() {
-	m.Envelope = appendEnvelope(make([]byte, 0, 112+len(m.Data)+len(m.Channel)), &m.Message)
+	m.Envelope = appendEnvelope(make([]byte, 0, envelopeSize(&m.Message)), &m.Message, m.stamp.text(m.Time))
+	m.stamp = nil
 }
 
 // Size is the number of bytes the message counts for in subscriber queues.
@@ -73,9 +79,48 @@ func (m *Message) SSE() []byte {
 	return m.sse
 }
 
+// envelopeOverhead is the length of the envelope's fixed parts: its keys
+// and punctuation, the longest offset and the time.
+const envelopeOverhead = len(`{"channel":"","epoch":"","offset":,"type":"","data":,"time":""}`) +
+	len("18446744073709551615") + len(TimeLayout)
+
+// envelopeSize is the capacity that holds m's envelope without growing.
+func envelopeSize(m *broker.Message) int {
+	return envelopeOverhead + len(m.Channel) + len(m.Epoch) + len(m.Type) + max(len(m.Data), len("null"))
+}
+
+// appendStamp appends t formatted for the envelope's "time" field.
+func appendStamp(b []byte, t time.Time) []byte {
+	return t.UTC().AppendFormat(b, TimeLayout)
+}
+
+// stamp is a time formatted by appendStamp, shared by the messages of one
+// publish.
+type stamp struct {
+	t   time.Time
+	n   int
+	buf [len(TimeLayout)]byte
+}
+
+func newStamp(t time.Time) *stamp {
+	s := &stamp{t: t}
+	s.n = len(appendStamp(s.buf[:0], t))
+	return s
+}
+
+// text returns the formatted time if it is t's (a history store may have
+// given the message another time), else nil.
+func (s *stamp) text(t time.Time) []byte {
+	if s == nil || !s.t.Equal(t) {
+		return nil
+	}
+	return s.buf[:s.n]
+}
+
 // appendEnvelope appends the JSON envelope of m to b. Channel, epoch and
 // type are validated to need no escaping; Data is already compact JSON.
-func appendEnvelope(b []byte, m *broker.Message) []byte {
+// stamp, when not nil, is m.Time formatted by appendStamp.
+func appendEnvelope(b []byte, m *broker.Message, stamp []byte) []byte {
 	b = append(b, `{"channel":"`...)
 	b = append(b, m.Channel...)
 	b = append(b, `","epoch":"`...)
@@ -91,7 +136,11 @@ func appendEnvelope(b []byte, m *broker.Message) []byte {
 		b = append(b, m.Data...)
 	}
 	b = append(b, `,"time":"`...)
-	b = m.Time.UTC().AppendFormat(b, TimeLayout)
+	if stamp != nil {
+		b = append(b, stamp...)
+	} else {
+		b = appendStamp(b, m.Time)
+	}
 	b = append(b, `"}`...)
 	return b
 }
