@@ -162,22 +162,57 @@ func splitEvents(body []byte, maxBatch int) ([]json.RawMessage, error) {
 	if len(body) == 0 || body[0] != '{' {
 		return nil, fmt.Errorf("the body must be an event object or {\"events\":[...]}")
 	}
-	var batch struct {
-		Events *[]json.RawMessage `json:"events"`
+	events, batch, ok := quickSplit(body)
+	if !ok {
+		var b struct {
+			Events *[]json.RawMessage `json:"events"`
+		}
+		if err := json.Unmarshal(body, &b); err != nil {
+			return nil, fmt.Errorf("the body is not valid JSON: %s", err)
+		}
+		if b.Events != nil {
+			events, batch = *b.Events, true
+		}
 	}
-	if err := json.Unmarshal(body, &batch); err != nil {
-		return nil, fmt.Errorf("the body is not valid JSON: %s", err)
-	}
-	if batch.Events == nil {
+	switch {
+	case !batch:
 		return []json.RawMessage{body}, nil
-	}
-	if len(*batch.Events) == 0 {
+	case len(events) == 0:
 		return nil, fmt.Errorf("events: the batch is empty")
+	case len(events) > maxBatch:
+		return nil, fmt.Errorf("events: %d events in one request; at most %d", len(events), maxBatch)
 	}
-	if len(*batch.Events) > maxBatch {
-		return nil, fmt.Errorf("events: %d events in one request; at most %d", len(*batch.Events), maxBatch)
+	return events, nil
+}
+
+// quickSplit reads the events of a valid JSON object body as
+// encoding/json decodes its "events" member (the last one whose name
+// matches in any case), slicing them from body. batch is false when body
+// has no events array; ok is false when body is not valid JSON or the
+// shortcut cannot tell (a key it cannot read, an "events" member that is
+// neither an array nor null), and the decoder must judge it.
+func quickSplit(body []byte) (events []json.RawMessage, batch, ok bool) {
+	if !json.Valid(body) {
+		return nil, false, false
 	}
-	return *batch.Events, nil
+	var last []byte
+	odd := false
+	ok = jsonscan.Members(body, func(k, v []byte) {
+		if len(k) == len("events") && strings.EqualFold(string(k), "events") {
+			last, odd = v, odd || (v[0] != '[' && string(v) != "null")
+		}
+	})
+	if !ok || odd {
+		return nil, false, false
+	}
+	if last == nil || string(last) == "null" {
+		return nil, false, true
+	}
+	events = []json.RawMessage{}
+	if !jsonscan.Elements(last, func(v []byte) { events = append(events, v) }) {
+		return nil, false, false
+	}
+	return events, true, true
 }
 
 // checkEvent decodes and validates one event, giving it an ID when it

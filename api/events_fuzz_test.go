@@ -29,6 +29,8 @@ func FuzzEventsBody(f *testing.F) {
 		`{"ID":"a","type":"x","data":{}}`, `{"id":"a","id":"b","type":"x","type":"y","data":{"a":1},"data":{ }}`,
 		`{"id":"\u0041","type":"x","data":{}}`, `{"id":null,"type":"x","data":{}}`, `{"id":"a","type":"x","data":null}`,
 		`evt-1`, `post.created`,
+		`{"Events":[{"type":"x","data":{}}],"eVeNtS":null}`, `{"events":[1],"events":[ {"a":1} , 2 ]}`,
+		`{"events":"x","events":[]}`, `{"events":{}}`, `{"\u0065vents":[{}]}`, ` {"events":[{"type":"x","data":{}}]} `,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -44,6 +46,7 @@ func FuzzEventsBody(f *testing.F) {
 		if validEventID(string(body)) != eventIDPattern.Match(body) || validEventType(string(body)) != eventTypePattern.Match(body) {
 			t.Fatalf("validEventID / validEventType disagree with the patterns on %q", body)
 		}
+		checkQuickSplit(t, body)
 		raws, err := splitEvents(body, a.cfg.Events.MaxBatch)
 		if err != nil {
 			return
@@ -73,4 +76,35 @@ func FuzzEventsBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkQuickSplit checks splitEvents' shortcut against the decoder: when
+// it can tell, it reads what encoding/json reads.
+func checkQuickSplit(t *testing.T, body []byte) {
+	t.Helper()
+	body = bytes.TrimSpace(body)
+	events, batch, ok := quickSplit(body)
+	if !ok {
+		return
+	}
+	var want struct {
+		Events *[]json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(body, &want); err != nil {
+		t.Fatalf("quickSplit read %q, which the decoder refuses: %v", body, err)
+	}
+	if batch != (want.Events != nil) {
+		t.Fatalf("quickSplit(%q): batch %v; the decoder reads events %v", body, batch, want.Events)
+	}
+	if !batch {
+		return
+	}
+	if len(events) != len(*want.Events) {
+		t.Fatalf("quickSplit(%q) read %q; the decoder reads %q", body, events, *want.Events)
+	}
+	for i := range events {
+		if !bytes.Equal(events[i], (*want.Events)[i]) {
+			t.Fatalf("quickSplit(%q): event %d is %q; the decoder reads %q", body, i, events[i], (*want.Events)[i])
+		}
+	}
 }

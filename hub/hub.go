@@ -433,6 +433,13 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 		return errors.New("hub: history store did not seal the message")
 	}
 	h.stats.published.Add(1)
+	if h.remote == nil {
+		// The in-process broker would hand m's fields straight back to
+		// handle, which copies them into a new Message: fan out m itself,
+		// whose SSE frame the history then shares.
+		h.index.fanout(m)
+		return nil
+	}
 	if err := h.broker.Publish(ctx, &m.Message); err != nil {
 		if errors.Is(err, broker.ErrClosed) {
 			return ErrShuttingDown

@@ -131,6 +131,39 @@ func Members(obj []byte, fn func(key, val []byte)) bool {
 	return false
 }
 
+// Elements calls fn with the bytes of every element of the JSON array arr
+// (valid JSON, an array, no white space around it) in order. It reports
+// false, having stopped, when arr is not what it should be.
+func Elements(arr []byte, fn func(val []byte)) bool {
+	if len(arr) < 2 || arr[0] != '[' {
+		return false
+	}
+	i := skipSpace(arr, 1)
+	if i < len(arr) && arr[i] == ']' {
+		return true
+	}
+	for i < len(arr) {
+		end, ok := skipValue(arr, i)
+		if !ok {
+			return false
+		}
+		fn(arr[i:end])
+		i = skipSpace(arr, end)
+		if i >= len(arr) {
+			return false
+		}
+		switch arr[i] {
+		case ']':
+			return true
+		case ',':
+			i = skipSpace(arr, i+1)
+		default:
+			return false
+		}
+	}
+	return false
+}
+
 // Member returns the value of key in the JSON object obj as encoding/json
 // would decode it into a map: the last member of that name. found reports
 // whether there is one; sure is false when Members cannot tell.

@@ -46,13 +46,15 @@ func TestIsCompact(t *testing.T) {
 }
 
 // FuzzScan checks the shortcuts against encoding/json on valid JSON: what
-// Members reads of an object decodes to what a map decode gives, and
+// Members reads of an object decodes to what a map decode gives, Elements
+// reads an array's elements as a []json.RawMessage decode does, and
 // IsCompact agrees with json.Compact.
 func FuzzScan(f *testing.F) {
 	for _, seed := range []string{
 		`{"id":"p981","thread":"t42","author":{"id":"u7","name":"Ann"},"parent":null,"n":-1.5e3,"ok":true}`,
 		`{"a":1,"a":[2,{"a":"]"}]}`, `{ "a" : "x" , "b" : { } }`, `{}`, `[]`, `"s"`, `0`,
 		`{"a":"\u00e9\"\\"}`, `{"\u0061":1}`, "{\"\xff\":1}", `{"a":{"b":{"c":[[[]]]}}}`,
+		`[ 1 , "x" , {"a":[2]} , [ ] , null ]`, `[{"type":"x","data":{}},{"type":"y","data":{"a":"]"}}]`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -68,6 +70,22 @@ func FuzzScan(f *testing.F) {
 			t.Fatalf("IsCompact(%q) = %v, json.Compact gives %q", b, got, compact.Bytes())
 		}
 		obj := TrimSpace(b)
+		var elems []json.RawMessage
+		if json.Unmarshal(obj, &elems) != nil || elems == nil {
+			if Elements(obj, func([]byte) {}) {
+				t.Fatalf("Elements read %q, which is not an array", obj)
+			}
+		} else {
+			var got [][]byte
+			if !Elements(obj, func(v []byte) { got = append(got, v) }) || len(got) != len(elems) {
+				t.Fatalf("Elements(%q) read %q; encoding/json reads %q", obj, got, elems)
+			}
+			for i := range got {
+				if !bytes.Equal(got[i], elems[i]) {
+					t.Fatalf("Elements(%q): element %d is %q; encoding/json reads %q", obj, i, got[i], elems[i])
+				}
+			}
+		}
 		var want map[string]any
 		if json.Unmarshal(obj, &want) != nil || want == nil {
 			if Members(obj, func(_, _ []byte) {}) {
