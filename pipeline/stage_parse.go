@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/jsonscan"
 )
 
 // Kind is the JSON shape a Schema requires of a field.
@@ -228,9 +229,19 @@ func decodeObject(data []byte) (map[string]any, error) {
 	if len(bytes.Trim(data, jsonSpace)) == 0 {
 		return nil, Permanentf("data: required object is missing")
 	}
+	var v any
+	if json.Valid(data) {
+		// One check and one pass, with the strings parts of one copy of
+		// data; the decoder (for its error messages) scans twice and
+		// allocates each string.
+		v = jsonscan.Decode(string(data))
+		if obj, ok := v.(map[string]any); ok {
+			return obj, nil
+		}
+		return nil, Permanentf("data: must be an object, not %s", describe(v))
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	var v any
 	if err := dec.Decode(&v); err != nil {
 		return nil, Permanentf("data: %s", jsonProblem(err))
 	}

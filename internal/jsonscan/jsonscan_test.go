@@ -45,8 +45,8 @@ func TestIsCompact(t *testing.T) {
 	}
 }
 
-// FuzzScan checks the shortcuts against encoding/json on valid JSON: what
-// Members reads of an object decodes to what a map decode gives, Elements
+// FuzzScan checks the shortcuts against encoding/json on valid JSON:
+// Decode gives what a json.Decoder with UseNumber gives, what Members reads of an object decodes to what a map decode gives, Elements
 // reads an array's elements as a []json.RawMessage decode does, and
 // IsCompact agrees with json.Compact.
 func FuzzScan(f *testing.F) {
@@ -54,7 +54,8 @@ func FuzzScan(f *testing.F) {
 		`{"id":"p981","thread":"t42","author":{"id":"u7","name":"Ann"},"parent":null,"n":-1.5e3,"ok":true}`,
 		`{"a":1,"a":[2,{"a":"]"}]}`, `{ "a" : "x" , "b" : { } }`, `{}`, `[]`, `"s"`, `0`,
 		`{"a":"\u00e9\"\\"}`, `{"\u0061":1}`, "{\"\xff\":1}", `{"a":{"b":{"c":[[[]]]}}}`,
-		`[ 1 , "x" , {"a":[2]} , [ ] , null ]`, `[{"type":"x","data":{}},{"type":"y","data":{"a":"]"}}]`,
+		`[ 1 , "x" , {"a":[2]} , [ ] , null ]`, ` {"a":1,"a":{"b":-0.5e+10},"c":[true,false,null,"é"]} `,
+		"\"\xff\xfe\"", `"\ud800"`, `{"k\u00e9y":"v\n","":""}`, `12345678901234567890123`, `[{"type":"x","data":{}},{"type":"y","data":{"a":"]"}}]`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -68,6 +69,15 @@ func FuzzScan(f *testing.F) {
 		}
 		if got, want := IsCompact(b), bytes.Equal(compact.Bytes(), b); got != want {
 			t.Fatalf("IsCompact(%q) = %v, json.Compact gives %q", b, got, compact.Bytes())
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		if got := Decode(string(b)); !reflect.DeepEqual(got, v) {
+			t.Fatalf("Decode(%q) = %#v; json.Decoder gives %#v", b, got, v)
 		}
 		obj := TrimSpace(b)
 		var elems []json.RawMessage
