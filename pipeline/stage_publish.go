@@ -6,6 +6,7 @@ import (
 	"errors"
 
 	"github.com/heraldhq/herald/hub"
+	"github.com/heraldhq/herald/internal/jsonscan"
 )
 
 // Publisher delivers publications to subscribers: a hub in this process
@@ -58,9 +59,14 @@ func (s *Publish) Process(ctx context.Context, m *Message) error {
 	}
 	data := m.Payload
 	if len(data) == 0 {
-		b, err := json.Marshal(m.Fields)
-		if err != nil {
-			return Permanentf("publish: encoding the fields: %v", err)
+		// The fields as json.Marshal writes them; without its reflection
+		// for the values the parse stage decodes.
+		b, ok := jsonscan.Append(make([]byte, 0, len(m.Event.Data)+len(m.Event.Data)/8), m.Fields)
+		if !ok {
+			var err error
+			if b, err = json.Marshal(m.Fields); err != nil {
+				return Permanentf("publish: encoding the fields: %v", err)
+			}
 		}
 		data = b
 	}

@@ -1,8 +1,11 @@
 // Package jsonscan reads a few things out of JSON that is known to be
-// valid (json.Valid) without decoding it: whether it is compact, and the
-// members of an object as bytes. The ingest API checks every event it
-// accepts and the queues read every event's order key; a full decode
-// (maps, strings, numbers) cost more than the rest of accepting an event.
+// valid (json.Valid) without encoding/json's reflection: whether it is
+// compact, the members of an object and the elements of an array as bytes,
+// and the whole value as map[string]any (Decode); and it writes such values
+// back (Append). The ingest API checks every event it accepts, the queues
+// read every event's order key, and the pipeline decodes and re-encodes
+// every event's data; encoding/json's decoder and encoder cost more than
+// the rest of those steps.
 //
 // These are shortcuts for callers that fall back to encoding/json when a
 // function says it cannot tell; they are not a parser of their own, and

@@ -46,7 +46,8 @@ func TestIsCompact(t *testing.T) {
 }
 
 // FuzzScan checks the shortcuts against encoding/json on valid JSON:
-// Decode gives what a json.Decoder with UseNumber gives, what Members reads of an object decodes to what a map decode gives, Elements
+// Decode gives what a json.Decoder with UseNumber gives and Append encodes
+// it as json.Marshal does, what Members reads of an object decodes to what a map decode gives, Elements
 // reads an array's elements as a []json.RawMessage decode does, and
 // IsCompact agrees with json.Compact.
 func FuzzScan(f *testing.F) {
@@ -78,6 +79,10 @@ func FuzzScan(f *testing.F) {
 		}
 		if got := Decode(string(b)); !reflect.DeepEqual(got, v) {
 			t.Fatalf("Decode(%q) = %#v; json.Decoder gives %#v", b, got, v)
+		}
+		enc, ok := Append(nil, v)
+		if marshaled, err := json.Marshal(v); !ok || err != nil || !bytes.Equal(enc, marshaled) {
+			t.Fatalf("Append(%#v) = %q, %v; json.Marshal gives %q, %v", v, enc, ok, marshaled, err)
 		}
 		obj := TrimSpace(b)
 		var elems []json.RawMessage
@@ -123,6 +128,33 @@ func FuzzScan(f *testing.F) {
 			if !found || json.Unmarshal(val, &v) != nil || !reflect.DeepEqual(v, want[k]) {
 				t.Fatalf("Member(%q) = %q, %v; a map decode gives %v", k, val, found, want[k])
 			}
+		}
+	})
+}
+
+// FuzzAppend checks Append against json.Marshal for any string (escapes,
+// HTML, U+2028, bytes that are not UTF-8) and any json.Number: the same
+// bytes, and a refusal only where json.Marshal fails or writes "0" for an
+// empty number.
+func FuzzAppend(f *testing.F) {
+	for _, s := range []string{"", "plain", "<a href=\"x\">&amp;</a>", "tab\tnl\ncr\r\b\f\x00\x1f\x7f",
+		"\u2028\u2029 é \U0001F600", "bad \xff\xfe utf-8 \xed\xa0\x80", `back\slash "quote"`,
+		"0", "-0.5e+10", "1E5", "01", "1.", ".5", "-", "1e", "NaN", "12345678901234567890123"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := Append(nil, s)
+		want, err := json.Marshal(s)
+		if !ok || err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Append(%q) = %q, %v; json.Marshal gives %q, %v", s, got, ok, want, err)
+		}
+		got, ok = Append(nil, map[string]any{s: []any{json.Number(s), s, nil, true}})
+		want, err = json.Marshal(map[string]any{s: []any{json.Number(s), s, nil, true}})
+		switch {
+		case ok && (err != nil || !bytes.Equal(got, want)):
+			t.Fatalf("Append of number %q = %q; json.Marshal gives %q, %v", s, got, want, err)
+		case !ok && err == nil && s != "":
+			t.Fatalf("Append refused number %q, which json.Marshal writes as %q", s, want)
 		}
 	})
 }
