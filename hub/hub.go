@@ -454,6 +454,8 @@ func (h *Hub) publishOne(ctx context.Context, m *Message) error {
 func (h *Hub) handle(bm *broker.Message) {
 	switch {
 	case h.remote == nil:
+		// publishOne fans out this node's messages itself; this is for a
+		// message published to the in-process broker by someone else.
 		h.index.fanout(newMessage(bm))
 	case bm.Channel == nodesChannel:
 		h.receiveBeat(bm)
