@@ -108,3 +108,24 @@ func checkQuickSplit(t *testing.T, body []byte) {
 		}
 	}
 }
+
+// TestQuickSplitTakesOrdinaryBodies checks that the shortcut is used for
+// the bodies clients send, and leaves odd ones to the decoder.
+func TestQuickSplitTakesOrdinaryBodies(t *testing.T) {
+	for body, want := range map[string]int{
+		`{"events":[{"type":"x","data":{}},{"type":"y","data":{"a":[1]}}]}`: 2,
+		` {"events" : [ {"type":"x","data":{}} ] } `:                          1,
+		`{"id":"evt-1","type":"post.created","data":{"id":"p"}}`:            0,
+		`{"events":null,"type":"x","data":{}}`:                              0,
+	} {
+		events, batch, ok := quickSplit(bytes.TrimSpace([]byte(body)))
+		if !ok || batch != (want > 0) || len(events) != want {
+			t.Errorf("quickSplit(%s) = %d events, batch %v, ok %v; want %d, the shortcut taken", body, len(events), batch, ok, want)
+		}
+	}
+	for _, body := range []string{`{"events":{}}`, `{"\u0065vents":[]}`, `{"events":[}`} {
+		if _, _, ok := quickSplit([]byte(body)); ok {
+			t.Errorf("quickSplit(%s) took the shortcut; the decoder should judge it", body)
+		}
+	}
+}

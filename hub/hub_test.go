@@ -408,3 +408,55 @@ func TestHostileCursorIsRejectedCheaply(t *testing.T) {
 		t.Fatalf("cursor of %d entries: %v", hub.MaxCursorEntries+1, err)
 	}
 }
+
+// TestLiveAndReplayShareOneMessage checks that, with the in-process
+// broker, subscribers get the message the history stores (one envelope
+// and one SSE frame for both), and that a publish to several channels
+// gives each the same time.
+func TestLiveAndReplayShareOneMessage(t *testing.T) {
+	h := newHub(t, hub.Config{})
+	live, err := h.NewSession(hub.SessionOptions{Transport: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close(hub.DisconnectNormal)
+	chans := []string{"thread:1", "forum:1", "firehose"}
+	if err := live.Subscribe(context.Background(), chans, nil); err != nil {
+		t.Fatal(err)
+	}
+	res := publish(t, h, `{"a":1}`, chans...)
+	got := messages(drain(live))
+	if len(got) != len(chans) {
+		t.Fatalf("live: %d messages, want %d", len(got), len(chans))
+	}
+	var stamp string
+	for i, ch := range chans {
+		var env struct {
+			Time string `json:"time"`
+		}
+		if err := json.Unmarshal(got[i].Envelope, &env); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			stamp = env.Time
+		} else if env.Time != stamp {
+			t.Errorf("%s: time %q, %s had %q", ch, env.Time, chans[0], stamp)
+		}
+		replay, err := h.NewSession(hub.SessionOptions{Transport: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur, err := hub.ParseCursor(fmt.Sprintf("%s@%s:0", ch, res[i].Epoch))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := replay.Subscribe(context.Background(), []string{ch}, &cur); err != nil {
+			t.Fatal(err)
+		}
+		stored := messages(drain(replay))
+		replay.Close(hub.DisconnectNormal)
+		if len(stored) != 1 || stored[0] != got[i] {
+			t.Errorf("%s: replayed %v, live %p: not the stored message", ch, stored, got[i])
+		}
+	}
+}

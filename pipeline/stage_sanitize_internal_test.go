@@ -17,8 +17,12 @@ func FuzzSanitizeClean(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	stages := make([]*Sanitize, 0, 2)
-	for _, p := range []*bluemonday.Policy{nil, bluemonday.StrictPolicy()} {
+	unsafe := bluemonday.NewPolicy()
+	unsafe.AllowElements("script", "style", "p")
+	unsafe.AllowUnsafe(true)
+	unsafe.AddSpaceWhenStrippingTag(true)
+	stages := make([]*Sanitize, 0, 3)
+	for _, p := range []*bluemonday.Policy{nil, bluemonday.StrictPolicy(), unsafe} {
 		st, err := NewSanitize(SanitizeOptions{Policy: p})
 		if err != nil {
 			f.Fatal(err)

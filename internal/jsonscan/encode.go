@@ -12,8 +12,20 @@ import (
 // not UTF-8 as U+FFFD) for the values Decode returns: map[string]any,
 // []any, string, json.Number, bool and nil. For any other value inside v,
 // or a json.Number json.Marshal would refuse, it returns false and the
-// caller uses json.Marshal.
+// caller uses json.Marshal. So it does past maxAppendDepth levels of
+// nesting, where a value may hold itself (json.Marshal reports the cycle).
 func Append(b []byte, v any) ([]byte, bool) {
+	return appendValue(b, v, 0)
+}
+
+// maxAppendDepth is how deep Append goes before leaving a value to
+// json.Marshal, below the 10 000 levels json.Valid allows.
+const maxAppendDepth = 1000
+
+func appendValue(b []byte, v any, depth int) ([]byte, bool) {
+	if depth > maxAppendDepth {
+		return b, false
+	}
 	switch v := v.(type) {
 	case nil:
 		return append(b, "null"...), true
@@ -39,7 +51,7 @@ func Append(b []byte, v any) ([]byte, bool) {
 				b = append(b, ',')
 			}
 			var ok bool
-			if b, ok = Append(b, e); !ok {
+			if b, ok = appendValue(b, e, depth+1); !ok {
 				return b, false
 			}
 		}
@@ -62,7 +74,7 @@ func Append(b []byte, v any) ([]byte, bool) {
 			b = appendString(b, k)
 			b = append(b, ':')
 			var ok bool
-			if b, ok = Append(b, v[k]); !ok {
+			if b, ok = appendValue(b, v[k], depth+1); !ok {
 				return b, false
 			}
 		}

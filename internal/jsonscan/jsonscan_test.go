@@ -158,3 +158,29 @@ func FuzzAppend(f *testing.F) {
 		}
 	})
 }
+
+// TestAppendLeavesOthersToMarshal checks what Append refuses: values of
+// other types (which a stage may set) and a map that holds itself, which
+// json.Marshal reports as a cycle; nil maps and slices it writes as null.
+func TestAppendLeavesOthersToMarshal(t *testing.T) {
+	for _, v := range []any{[]string{"a"}, map[string]string{"a": "b"}, 1.5, 3, json.RawMessage(`{}`),
+		map[string]any{"a": []any{struct{}{}}}, json.Number(""), json.Number("01")} {
+		if b, ok := Append(nil, v); ok {
+			t.Errorf("Append(%#v) = %q, want it left to json.Marshal", v, b)
+		}
+	}
+	self := map[string]any{}
+	self["self"] = self
+	if _, ok := Append(nil, self); ok {
+		t.Error("Append wrote a map that holds itself")
+	}
+	if _, err := json.Marshal(self); err == nil {
+		t.Error("json.Marshal wrote a map that holds itself")
+	}
+	v := map[string]any{"m": map[string]any(nil), "s": []any(nil), "e": map[string]any{}, "a": []any{}}
+	got, ok := Append(nil, v)
+	want, _ := json.Marshal(v)
+	if !ok || !bytes.Equal(got, want) {
+		t.Errorf("Append(%#v) = %q, %v; json.Marshal gives %q", v, got, ok, want)
+	}
+}
