@@ -114,7 +114,7 @@ func checkQuickSplit(t *testing.T, body []byte) {
 func TestQuickSplitTakesOrdinaryBodies(t *testing.T) {
 	for body, want := range map[string]int{
 		`{"events":[{"type":"x","data":{}},{"type":"y","data":{"a":[1]}}]}`: 2,
-		` {"events" : [ {"type":"x","data":{}} ] } `:                          1,
+		` {"events" : [ {"type":"x","data":{}} ] } `:                        1,
 		`{"id":"evt-1","type":"post.created","data":{"id":"p"}}`:            0,
 		`{"events":null,"type":"x","data":{}}`:                              0,
 	} {
