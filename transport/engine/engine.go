@@ -248,7 +248,8 @@ func (e *Engine) NewConn(proto Protocol, opts ConnOptions) *Conn {
 // is sess (opened with c.Wake). It writes head (the HTTP response head)
 // and the protocol's opening, then whatever the session queues; buffered
 // is input the client sent after its request that net/http had already
-// read. On error nothing is written, and sess and nc are closed.
+// read. Attach keeps head and appends to it: the caller must not use it
+// again. On error nothing is written, and sess and nc are closed.
 func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered []byte) error {
 	c.sess = sess
 	if pc, ok := nc.(*prefixConn); ok {
@@ -272,7 +273,12 @@ func (e *Engine) Attach(c *Conn, sess *hub.Session, nc net.Conn, head, buffered 
 	c.lastRead.Store(now)
 	c.lastWrite.Store(now)
 	c.lastBeat = now
-	c.ctrl = c.proto.AppendOpen(append(c.ctrl, head...))
+	if c.ctrl == nil {
+		c.ctrl = head // the caller's (transport.Hijack's) to give: no copy
+	} else {
+		c.ctrl = append(c.ctrl, head...)
+	}
+	c.ctrl = c.proto.AppendOpen(c.ctrl)
 	// Input net/http had already read goes to the protocol before the
 	// reader starts, so that it comes first and never concurrently with
 	// what the reader reads. The wheel knows c before any reader can close

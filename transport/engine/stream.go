@@ -19,6 +19,10 @@ type StreamRequest struct {
 	Options transport.StreamOptions
 }
 
+// connectionClose is the Connection header of a stream on the engine,
+// shared by every response; nothing changes it in place.
+var connectionClose = []string{"close"}
+
 // ServeStream serves a one-way streaming transport (SSE, forever-iframe):
 // it opens the session and, when e is not nil and the request is HTTP/1.x,
 // hijacks the connection and attaches it to e; otherwise (no engine,
@@ -47,7 +51,7 @@ func ServeStream(e *Engine, w http.ResponseWriter, r *http.Request, sr StreamReq
 	if sess == nil {
 		return
 	}
-	w.Header().Set("Connection", "close")
+	w.Header()["Connection"] = connectionClose
 	nc, head, _, err := transport.Hijack(w, http.StatusOK)
 	if err != nil {
 		sess.Close(hub.DisconnectWriteError)

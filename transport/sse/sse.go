@@ -60,6 +60,15 @@ func New(h *hub.Hub, cfg Config) *Handler {
 	return &Handler{hub: h, cfg: cfg.withDefaults()}
 }
 
+// The stream's response header values, shared by every response (as
+// Header.Set would store them, without an allocation each). Nothing
+// changes a value in place; a handler that sets another replaces the slice.
+var (
+	contentType = []string{"text/event-stream"}
+	noCache     = []string{"no-cache"}
+	noBuffering = []string{"no"}
+)
+
 // ServeHTTP subscribes the connection to the requested channels, replays
 // what its cursor missed and streams until the client leaves, the hub
 // closes the session, or a write fails.
@@ -69,9 +78,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hd := w.Header()
-	hd.Set("Content-Type", "text/event-stream")
-	hd.Set("Cache-Control", "no-cache")
-	hd.Set("X-Accel-Buffering", "no")
+	hd["Content-Type"] = contentType
+	hd["Cache-Control"] = noCache
+	hd["X-Accel-Buffering"] = noBuffering
 	engine.ServeStream(h.cfg.Engine, w, r, engine.StreamRequest{
 		Hub:       h.hub,
 		Transport: TransportName,

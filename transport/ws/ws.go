@@ -103,6 +103,13 @@ func New(h *hub.Hub, cfg Config) *Handler {
 	return wh
 }
 
+// The upgrade response's fixed header values, shared by every response;
+// nothing changes them in place.
+var (
+	upgradeWebSocket  = []string{"websocket"}
+	connectionUpgrade = []string{"Upgrade"}
+)
+
 // ServeHTTP checks the request, opens the hub session (replaying from the
 // cursor), completes the handshake and hands the connection to the
 // engine. Bad input is a JSON HTTP error, never a WebSocket close.
@@ -147,8 +154,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hd := w.Header()
-	hd.Set("Upgrade", "websocket")
-	hd.Set("Connection", "Upgrade")
+	hd["Upgrade"] = upgradeWebSocket
+	hd["Connection"] = connectionUpgrade
 	hd.Set("Sec-Websocket-Accept", wsframe.AcceptKey(key))
 	nc, head, buffered, err := transport.Hijack(w, http.StatusSwitchingProtocols)
 	if err != nil {
