@@ -337,18 +337,24 @@ func (r *Runner) process(ctx, work context.Context, lj laneJob, finish chan<- fi
 // doneKey is the DoneStore key of ev in this pipeline.
 func (r *Runner) doneKey(ev Event) string { return r.cfg.Name + ":" + ev.ID }
 
-// doneTimeout bounds asking a DoneStore about a claimed batch;
-// batchCheckPause is how long batches go unchecked (each lane asks about
-// its own event) after that failed.
+// doneTimeout bounds asking a DoneStore about a claimed batch, doubled
+// each time the store is too slow, up to maxDoneTimeout; batchCheckPause
+// is how long batches go unchecked (each lane asks about its own event)
+// after the store failed or stayed too slow. The waits together stay well
+// inside a claim (the queues' default is 30s).
 const (
 	doneTimeout     = 2 * time.Second
+	maxDoneTimeout  = 8 * time.Second
 	batchCheckPause = 30 * time.Second
 )
 
 // checkDone asks a BatchDoneStore about every event of a claimed batch
 // at once. It returns nil when the DoneStore is not one, did not answer,
 // or failed less than batchCheckPause ago (*off): each lane then asks
-// about its own event.
+// about its own event. A store too slow to answer (a server behind with
+// its work, under more events than it can take) is asked about the batch
+// again with a longer deadline: one request per event instead would add
+// to what keeps it behind.
 func (r *Runner) checkDone(ctx context.Context, jobs []Job, off *time.Time) []bool {
 	bd, ok := r.cfg.Done.(BatchDoneStore)
 	if !ok || len(jobs) == 0 || time.Now().Before(*off) {
@@ -358,18 +364,27 @@ func (r *Runner) checkDone(ctx context.Context, jobs []Job, off *time.Time) []bo
 	for i, j := range jobs {
 		keys[i] = r.doneKey(j.Event())
 	}
-	lctx, cancel := context.WithTimeout(ctx, doneTimeout)
-	defer cancel()
-	done, err := bd.DoneMany(lctx, keys)
-	if err != nil || len(done) != len(keys) {
-		if ctx.Err() == nil {
-			*off = time.Now().Add(batchCheckPause)
-			r.cfg.Logger.Warn("pipeline: checking a batch of events failed; checking each event for a while",
-				"pipeline", r.cfg.Name, "events", len(keys), "pause", batchCheckPause, "err", err)
+	for timeout := doneTimeout; ; timeout *= 2 {
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		done, err := bd.DoneMany(lctx, keys)
+		slow := errors.Is(lctx.Err(), context.DeadlineExceeded) // whatever error the store made of it
+		cancel()
+		if err == nil && len(done) == len(keys) {
+			return done
 		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if slow && timeout < maxDoneTimeout {
+			r.cfg.Logger.Warn("pipeline: checking a batch of events is slow; asking again",
+				"pipeline", r.cfg.Name, "events", len(keys), "waited", timeout)
+			continue
+		}
+		*off = time.Now().Add(batchCheckPause)
+		r.cfg.Logger.Warn("pipeline: checking a batch of events failed; checking each event for a while",
+			"pipeline", r.cfg.Name, "events", len(keys), "pause", batchCheckPause, "err", err)
 		return nil
 	}
-	return done
 }
 
 // finished is an event its lane is done with: published (or dropped by a
