@@ -118,20 +118,28 @@ func Members(obj []byte, fn func(key, val []byte)) bool {
 			return false
 		}
 		fn(k, obj[i:vend])
-		i = skipSpace(obj, vend)
-		if i >= len(obj) {
-			return false
-		}
-		switch obj[i] {
-		case '}':
-			return true
-		case ',':
-			i = skipSpace(obj, i+1)
-		default:
-			return false
+		var more bool
+		if i, more, ok = afterValue(obj, vend, '}'); !ok || !more {
+			return ok
 		}
 	}
 	return false
+}
+
+// afterValue reads what follows a member or element that ends at b[i]:
+// the container's closing byte (more false), or a comma and the start of
+// the next one (more true). ok is false for anything else.
+func afterValue(b []byte, i int, closing byte) (next int, more, ok bool) {
+	i = skipSpace(b, i)
+	switch {
+	case i >= len(b):
+		return 0, false, false
+	case b[i] == closing:
+		return i, false, true
+	case b[i] == ',':
+		return skipSpace(b, i+1), true, true
+	}
+	return 0, false, false
 }
 
 // Elements calls fn with the bytes of every element of the JSON array arr
@@ -151,17 +159,9 @@ func Elements(arr []byte, fn func(val []byte)) bool {
 			return false
 		}
 		fn(arr[i:end])
-		i = skipSpace(arr, end)
-		if i >= len(arr) {
-			return false
-		}
-		switch arr[i] {
-		case ']':
-			return true
-		case ',':
-			i = skipSpace(arr, i+1)
-		default:
-			return false
+		var more bool
+		if i, more, ok = afterValue(arr, end, ']'); !ok || !more {
+			return ok
 		}
 	}
 	return false
