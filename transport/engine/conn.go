@@ -35,7 +35,7 @@ type Conn struct {
 	heartbeatEvery int64 // nanoseconds
 
 	sched     atomic.Bool  // queued for (or being handed to) a writer; true until Attach
-	lastRead  atomic.Int64 // engine clock of the last Touch
+	lastRead  atomic.Int64 // exact engine clock of the last Touch
 	lastWrite atomic.Int64 // engine clock of the last write
 
 	// Guarded by the wheel slot's mu.
@@ -52,7 +52,7 @@ type Conn struct {
 	// since is the engine clock when pending became non-empty (open and
 	// closing) or when the connection began to linger; guarded by mu.
 	since    int64
-	lastBeat int64  // engine clock of the last heartbeat; guarded by mu
+	lastBeat int64  // exact engine clock of the last heartbeat; guarded by mu
 	pending  []byte // bytes a write left behind; guarded by mu
 	ctrl     []byte // protocol bytes to write before the next items; guarded by mu
 	x        *connExtra
@@ -99,7 +99,7 @@ func (c *Conn) Wake() {
 func (c *Conn) Session() *hub.Session { return c.sess }
 
 // Touch records that the client is alive, resetting the read timeout.
-func (c *Conn) Touch() { c.lastRead.Store(c.e.now()) }
+func (c *Conn) Touch() { c.lastRead.Store(c.e.exactNow()) }
 
 // Close ends the connection's session for reason d: the protocol's
 // AppendClose is written, then the socket is closed. It does not block.
@@ -228,7 +228,7 @@ func (c *Conn) flush(s *scratch) {
 		// With a read timeout the heartbeat is what the client answers
 		// (a WebSocket ping), so it goes out even among other bytes.
 		b.Buf = c.proto.AppendHeartbeat(b.Buf)
-		c.lastBeat = c.e.now()
+		c.lastBeat = c.e.exactNow()
 		c.e.heartbeats.Add(1)
 	}
 	c.heartbeat = false
@@ -359,13 +359,26 @@ func (c *Conn) check(now int64) {
 	case len(c.pending) > 0 && now-c.since >= int64(cfg.WriteTimeout):
 		c.killLocked(hub.DisconnectWriteError)
 	case c.state != stateOpen:
-	case c.readTimeout > 0 && now-c.lastRead.Load() >= c.readTimeout:
+	case c.silent(now):
 		c.sess.Close(hub.DisconnectTimeout) // wakes the writer, which says goodbye
 	case now-c.lastWrite.Load() >= c.heartbeatEvery,
 		c.readTimeout > 0 && now-c.lastBeat >= c.heartbeatEvery:
 		c.heartbeat = true
 		c.Wake()
 	}
+}
+
+// silent reports whether the client has run out of time to answer: it
+// has said nothing for the read timeout, nor since the last heartbeat,
+// which went out at least the read timeout less a heartbeat ago. c.mu is
+// held.
+func (c *Conn) silent(now int64) bool {
+	if c.readTimeout <= 0 {
+		return false
+	}
+	last := c.lastRead.Load()
+	return now-last >= c.readTimeout && last < c.lastBeat &&
+		now-c.lastBeat >= c.readTimeout-c.heartbeatEvery
 }
 
 // lingering reports whether the wheel should keep checking c every tick.

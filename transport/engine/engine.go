@@ -180,9 +180,15 @@ func New(cfg Config) (*Engine, error) {
 // by the wheel at every tick and by writers.
 func (e *Engine) now() int64 { return e.clock.Load() }
 
+// exactNow returns the engine clock's exact reading, without advancing
+// the coarse clock. It is for the rare stamps a timeout is decided on: a
+// coarse stamp taken while the wheel was late would be older than the
+// event it records.
+func (e *Engine) exactNow() int64 { return int64(time.Since(e.start)) }
+
 // tick advances the coarse clock and returns it.
 func (e *Engine) tick() int64 {
-	t := int64(time.Since(e.start))
+	t := e.exactNow()
 	e.clock.Store(t)
 	return t
 }
@@ -225,9 +231,12 @@ type ConnOptions struct {
 	Heartbeat time.Duration
 	// ReadTimeout, when positive, closes the connection with
 	// hub.DisconnectTimeout when the protocol has not called Conn.Touch for
-	// that long. The heartbeat is then what the client must answer (a
-	// WebSocket ping), so it is sent every Heartbeat even on a busy
-	// connection.
+	// that long and not since the last heartbeat, sent at least
+	// ReadTimeout-Heartbeat ago. The heartbeat is then what the client
+	// must answer (a WebSocket ping), so it is sent every Heartbeat even on
+	// a busy connection. Counting from the heartbeat means a server that
+	// fell behind (a late wheel sends a late heartbeat) does not blame the
+	// client for it.
 	ReadTimeout time.Duration
 }
 
