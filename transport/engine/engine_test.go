@@ -729,10 +729,10 @@ func TestStatsCountBlockedConnection(t *testing.T) {
 // closed with 1001 after two heartbeats.
 func TestHeartbeats(t *testing.T) {
 	// The wheel checks a connection every Heartbeat/4, so pings go out
-	// every 1 to 1.25 heartbeats, and an answering client has at least
-	// three quarters of a heartbeat (less a tick) to answer before the
-	// read timeout of two heartbeats.
-	const heartbeat = 100 * time.Millisecond
+	// every 1 to 1.25 heartbeats, and an answering client has a heartbeat
+	// from each ping to answer it. At 100 ms a CI machine running other
+	// packages' -race tests at the same time sometimes took longer.
+	const heartbeat = 250 * time.Millisecond
 	eachMode(t, func(t *testing.T, m mode) {
 		s := startServer(t, m, options{engine: engine.Config{Heartbeat: heartbeat}, heartbeat: heartbeat})
 
