@@ -359,7 +359,9 @@ func (c *Conn) check(now int64) {
 	case len(c.pending) > 0 && now-c.since >= int64(cfg.WriteTimeout):
 		c.killLocked(hub.DisconnectWriteError)
 	case c.state != stateOpen:
-	case c.silent(now):
+	case c.silent(now) && !c.inputWaitingLocked():
+		// Bytes waiting in the socket are the client's answer, not yet
+		// read by a poller that fell behind: not a reason to close it.
 		c.sess.Close(hub.DisconnectTimeout) // wakes the writer, which says goodbye
 	case now-c.lastWrite.Load() >= c.heartbeatEvery,
 		c.readTimeout > 0 && now-c.lastBeat >= c.heartbeatEvery:

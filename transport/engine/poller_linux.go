@@ -193,6 +193,16 @@ func (p *poller) close() {
 	unix.Close(p.evfd)
 }
 
+// inputWaitingLocked reports whether bytes from the client wait in the
+// socket, not yet read. c.mu is held.
+func (c *Conn) inputWaitingLocked() bool {
+	if c.fd < 0 {
+		return false
+	}
+	n, err := unix.IoctlGetInt(int(c.fd), unix.SIOCINQ)
+	return err == nil && n > 0
+}
+
 // readable reads what the client sent (or learns that it left).
 func (c *Conn) readable(buf []byte) {
 	c.mu.Lock()

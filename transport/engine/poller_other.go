@@ -25,5 +25,6 @@ func (*poller) close()                       {}
 func (*Conn) writeLocked(*scratch) error     { return errNoPoller }
 func (*Conn) writePendingLocked() error      { return errNoPoller }
 func shutdownWrite(int) error                { return errNoPoller }
+func (*Conn) inputWaitingLocked() bool       { return false }
 
 type ioScratch struct{}

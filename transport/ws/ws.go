@@ -31,8 +31,8 @@ const TransportName = "ws"
 // Config configures a Handler. The zero value works.
 type Config struct {
 	// Heartbeat is the ping interval; a client that sends no frame (a pong
-	// answers each ping) within two intervals is closed with 1001. Zero
-	// means 25s.
+	// answers each ping) for two intervals, and none in the interval after
+	// the last ping, is closed with 1001. Zero means 25s.
 	Heartbeat time.Duration
 	// WriteTimeout bounds how long written frames may wait for the client
 	// to read them; a client that takes longer is disconnected. Zero means
