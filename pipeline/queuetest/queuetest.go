@@ -280,9 +280,13 @@ func testDeadLetters(t *testing.T, h Harness) {
 	if d := byID["bad"]; d.Attempts != 1 || d.Error == "" {
 		t.Fatalf("bad dead letter %+v (a permanent error is not retried)", d)
 	}
-	if st := r.Stats(); st.DeadLettered != 2 || st.Acked != 2 {
-		t.Fatalf("runner stats %+v", st)
-	}
+	// The stage saw "after" before the runner acknowledged it.
+	eventually(t, "two acknowledged, two dead-lettered", func() error {
+		if st := r.Stats(); st.DeadLettered != 2 || st.Acked != 2 {
+			return fmt.Errorf("runner stats %+v", st)
+		}
+		return nil
+	})
 
 	// Replay one (it now succeeds), drop the other.
 	mu.Lock()
